@@ -1,0 +1,76 @@
+"""The connector extension point: a small protocol, a settings model per connector, and the
+registry that finds connectors through the ``sync_service.connectors`` entry-point group.
+
+A connector knows only its source. It yields ``SourceRecord``s in (cursor, key) order, strictly
+after ``since`` (minus its own lookback window, if it has one), and knows nothing of Mailtrap,
+hashes or the state store. A third-party package adds a connector by declaring::
+
+    [project.entry-points."sync_service.connectors"]
+    mycrm = "my_package.module:MyConnector"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from importlib.metadata import entry_points
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
+
+from sync_service.errors import ConfigError
+from sync_service.models import Position, SourceRecord
+
+ENTRY_POINT_GROUP = "sync_service.connectors"
+
+
+class ConnectorSettings(BaseModel):
+    """Base of every connector's settings (the pipeline's ``[pipelines.source]`` table)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    connector: str
+
+
+@runtime_checkable
+class Connector(Protocol):
+    """What the job needs from a source."""
+
+    settings_model: ClassVar[type[ConnectorSettings]]
+
+    def check(self) -> None:
+        """Raise ``SourceError`` (or ``ConfigError``) unless the source can be read as configured."""
+
+    def read(self, since: Position | None) -> Iterator[SourceRecord]:
+        """Stream records after ``since`` (all of them when None) in (cursor, key) order.
+
+        Memory stays bounded whatever the source's size. A connector with a lookback window
+        starts that far before ``since``; re-read records are harmless (the diff skips them).
+        """
+        ...
+
+    def fetch(self, keys: Sequence[str]) -> Iterator[SourceRecord]:
+        """Re-read the current rows for these source keys (used to retry rejected contacts)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+class ConnectorFactory(Protocol):
+    settings_model: ClassVar[type[ConnectorSettings]]
+
+    def __call__(self, settings: Any) -> Connector: ...
+
+
+def available_connectors() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def load_connector(name: str) -> ConnectorFactory:
+    """Find the connector class registered under ``name``."""
+    found = available_connectors()
+    if name not in found:
+        known = ", ".join(sorted(found)) or "none installed"
+        raise ConfigError(f"unknown connector {name!r} (available: {known})")
+    factory: ConnectorFactory = found[name].load()
+    return factory

@@ -1,0 +1,349 @@
+"""A synchronous client for the parts of Mailtrap's contacts API that mailtrap-sync uses.
+
+It knows nothing of the state store. It takes an ``httpx`` transport (tests pass the in-process
+double), paces every request under Mailtrap's limits, retries what is retriable with exponential
+backoff and jitter (tenacity), and turns every answer it did not expect into a ``MailtrapError``.
+Which statuses are retriable is decided in exactly one place: ``_raise_for``.
+
+Paths are account-scoped: ``/api/accounts/{account_id}/contacts/...``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import orjson
+import structlog
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from sync_service import __version__
+from sync_service.errors import (
+    ConfigError,
+    FatalError,
+    MailtrapAuthError,
+    MailtrapError,
+    MailtrapNotFound,
+    MailtrapRateLimited,
+    MailtrapRetriable,
+    MailtrapValidationError,
+)
+from sync_service.mailtrap.pacing import Pacer
+from sync_service.models import ImportResult
+
+log = structlog.get_logger(__name__)
+IMPORT_STATUSES = ("created", "started", "finished", "failed")
+ResponseHook = Callable[[str, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ContactList:
+    id: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContactField:
+    id: int
+    name: str
+    merge_tag: str
+    data_type: str
+
+
+class MailtrapClient:
+    """Talks to one Mailtrap account with one API token."""
+
+    def __init__(
+        self,
+        *,
+        token: str,
+        base_url: str = "https://mailtrap.io",
+        account_id: int | None = None,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 30.0,
+        pacer: Pacer | None = None,
+        max_retries: int = 8,
+        retry_initial: float = 0.5,
+        retry_max: float = 30.0,
+        on_response: ResponseHook | None = None,
+    ) -> None:
+        self._http = httpx.Client(
+            base_url=base_url,
+            transport=transport,
+            timeout=timeout,
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/json",
+                "User-Agent": f"mailtrap-sync/{__version__}",
+            },
+        )
+        self._account_id = account_id
+        self._pacer = pacer
+        self._retries = max_retries
+        self._wait = wait_exponential_jitter(initial=retry_initial, max=retry_max)
+        self._on_response = on_response
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> MailtrapClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # accounts -----------------------------------------------------------------------------
+    def accounts(self) -> list[dict[str, Any]]:
+        data = self._request("GET", "/api/accounts", group="accounts", scoped=False)
+        if not isinstance(data, list):
+            raise MailtrapError("GET /api/accounts did not answer a list", body=data)
+        return [a for a in data if isinstance(a, dict)]
+
+    @property
+    def account_id(self) -> int:
+        if self._account_id is None:
+            self._account_id = self.resolve_account()
+        return self._account_id
+
+    def resolve_account(self) -> int:
+        """The configured account, checked against the token; or the token's only account."""
+        ids = [int(a["id"]) for a in self.accounts() if "id" in a]
+        if self._account_id is not None:
+            if self._account_id not in ids:
+                raise MailtrapAuthError(
+                    f"the API token has no access to account {self._account_id} "
+                    f"(it sees: {', '.join(map(str, ids)) or 'none'})"
+                )
+            return self._account_id
+        if not ids:
+            raise FatalError("the API token sees no Mailtrap account")
+        if len(ids) > 1:
+            raise ConfigError(
+                "the API token sees several accounts ("
+                + ", ".join(map(str, ids))
+                + "): set [mailtrap] account_id or MAILTRAP_ACCOUNT_ID"
+            )
+        return ids[0]
+
+    # lists and fields ----------------------------------------------------------------------
+    def lists(self) -> list[ContactList]:
+        data = self._request("GET", "/contacts/lists", group="lists")
+        return [ContactList(int(i["id"]), str(i["name"])) for i in _items(data, "lists")]
+
+    def create_list(self, name: str) -> ContactList:
+        data = self._request("POST", "/contacts/lists", json={"name": name}, group="lists")
+        item = _object(data, "created list")
+        return ContactList(int(item["id"]), str(item["name"]))
+
+    def fields(self) -> list[ContactField]:
+        data = self._request("GET", "/contacts/fields", group="fields")
+        return [
+            ContactField(int(i["id"]), str(i["name"]), str(i["merge_tag"]), str(i["data_type"]))
+            for i in _items(data, "fields")
+        ]
+
+    # imports --------------------------------------------------------------------------------
+    def create_import(self, contacts: Sequence[Mapping[str, Any]]) -> ImportResult:
+        """POST one bulk import (≤ 50,000 contacts); 422 raises MailtrapValidationError."""
+        if not 0 < len(contacts) <= 50_000:
+            raise ValueError(f"an import carries 1..50000 contacts, not {len(contacts)}")
+        data = self._request(
+            "POST", "/contacts/imports", json={"contacts": list(contacts)}, group="imports"
+        )
+        return _import_result(data)
+
+    def get_import(self, import_id: int) -> ImportResult:
+        return _import_result(
+            self._request("GET", f"/contacts/imports/{import_id}", group="imports")
+        )
+
+    def wait_for_import(
+        self,
+        import_id: int,
+        *,
+        interval: float = 2.0,
+        max_interval: float = 30.0,
+        timeout: float = 7200.0,
+        should_stop: Callable[[], bool] = lambda: False,
+        sleep: Callable[[float], object] = time.sleep,
+    ) -> ImportResult | None:
+        """Poll until finished or failed; None if ``should_stop`` says so first.
+
+        Raises MailtrapRetriable if the import is still running after ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.get_import(import_id)
+            if result.done:
+                return result
+            if time.monotonic() + interval > deadline:
+                raise MailtrapRetriable(f"import {import_id} still {result.status} after "
+                                        f"{timeout:.0f}s")
+            slept = 0.0
+            while slept < interval:
+                if should_stop():
+                    return None
+                step = min(0.2, interval - slept)
+                sleep(step)
+                slept += step
+            interval = min(interval * 1.5, max_interval)
+
+    # contacts -------------------------------------------------------------------------------
+    def get_contact(self, identifier: str) -> dict[str, Any] | None:
+        try:
+            data = self._request("GET", f"/contacts/{quote(identifier, safe='')}",
+                                 group="contacts")
+        except MailtrapNotFound:
+            return None
+        body = _object(data, "contact")
+        inner = body.get("data", body)
+        return inner if isinstance(inner, dict) else None
+
+    def update_contact(self, identifier: str, contact: Mapping[str, Any]) -> None:
+        self._request("PATCH", f"/contacts/{quote(identifier, safe='')}",
+                      json={"contact": dict(contact)}, group="contacts")
+
+    # plumbing ---------------------------------------------------------------------------------
+    def _request(
+        self, method: str, path: str, *, group: str, json: Any = None, scoped: bool = True
+    ) -> Any:
+        account = self.account_id if scoped else None
+        url = f"/api/accounts/{account}{path}" if scoped else path
+        retrying = Retrying(
+            stop=stop_after_attempt(self._retries + 1),
+            wait=self._backoff,
+            retry=retry_if_exception_type(MailtrapRetriable),
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                return self._send(method, url, group=group, json=json, account=account)
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    def _send(self, method: str, url: str, *, group: str, json: Any, account: int | None) -> Any:
+        if self._pacer is not None:
+            self._pacer.acquire(account)
+        content = orjson.dumps(json) if json is not None else None
+        headers = {"Content-Type": "application/json"} if content is not None else None
+        try:
+            response = self._http.request(method, url, content=content, headers=headers)
+        except httpx.TimeoutException as exc:
+            self._record(group, 0)
+            raise MailtrapRetriable(f"{method} {url}: timed out") from exc
+        except httpx.TransportError as exc:
+            self._record(group, 0)
+            raise MailtrapRetriable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+        self._record(group, response.status_code)
+        return _raise_for(method, url, response)
+
+    def _record(self, group: str, status: int) -> None:
+        if self._on_response is not None:
+            self._on_response(group, status)
+
+    def _backoff(self, state: RetryCallState) -> float:
+        wait = float(self._wait(state))
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, MailtrapRateLimited) and error.retry_after:
+            return max(wait, error.retry_after)
+        return wait
+
+
+def _log_retry(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome else None
+    log.warning("mailtrap.retry", attempt=state.attempt_number, error=str(error),
+                wait_s=round(state.upcoming_sleep, 2))
+
+
+def _raise_for(method: str, url: str, response: httpx.Response) -> Any:
+    """The one place that decides what an HTTP status means (and what is retriable)."""
+    status = response.status_code
+    try:
+        body: Any = orjson.loads(response.content) if response.content else None
+    except orjson.JSONDecodeError:
+        body = response.text[:500]
+    if 200 <= status < 300:
+        if isinstance(body, str):
+            raise MailtrapError(f"{method} {url}: answer is not JSON", status=status, body=body)
+        return body
+    where = f"{method} {url} → {status}"
+    if status == 429:
+        raise MailtrapRateLimited(f"{where}: rate limited", body=body,
+                                  retry_after=_retry_after(response))
+    if status >= 500 or status == 408:
+        raise MailtrapRetriable(f"{where}: {_message(body)}", status=status, body=body)
+    if status in (401, 403):
+        raise MailtrapAuthError(f"{where}: Mailtrap refused the API token ({_message(body)})",
+                                status=status, body=body)
+    if status == 404:
+        raise MailtrapNotFound(f"{where}: {_message(body)}", status=status, body=body)
+    if status == 422:
+        errors = _contact_errors(body)
+        raise MailtrapValidationError(f"{where}: {_message(body)}", body=body,
+                                      contact_errors=errors)
+    raise MailtrapError(f"{where}: {_message(body)}", status=status, body=body)
+
+
+def _message(body: Any) -> str:
+    if isinstance(body, dict):
+        for key in ("errors", "error", "message"):
+            if isinstance(body.get(key), str):
+                return str(body[key])
+    return str(body)[:300]
+
+
+def _contact_errors(body: Any) -> dict[str, list[str]]:
+    """``{"errors": [{"email": e, "errors": {attr: [msg]}}]}`` → {email: ["attr: msg", ...]}."""
+    found: dict[str, list[str]] = {}
+    items = body.get("errors") if isinstance(body, dict) else None
+    if not isinstance(items, list):
+        return found
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("email"), str):
+            continue
+        reasons = item.get("errors") if isinstance(item.get("errors"), dict) else {}
+        messages = [f"{attr}: {msg}" for attr, msgs in reasons.items()
+                    for msg in (msgs if isinstance(msgs, list) else [msgs])]
+        found.setdefault(item["email"].strip().lower(), []).extend(messages or ["rejected"])
+    return found
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _items(data: Any, what: str) -> list[dict[str, Any]]:
+    if not isinstance(data, list) or not all(isinstance(i, dict) for i in data):
+        raise MailtrapError(f"unexpected answer listing {what}", body=data)
+    return data
+
+
+def _object(data: Any, what: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise MailtrapError(f"unexpected answer for {what}", body=data)
+    return data
+
+
+def _import_result(data: Any) -> ImportResult:
+    body = _object(data, "import")
+    status, ident = body.get("status"), body.get("id")
+    if not isinstance(ident, int) or status not in IMPORT_STATUSES:
+        raise MailtrapError(f"unexpected import answer: {str(body)[:200]}", body=body)
+    counts = {k: body.get(k) for k in ("created_contacts_count", "updated_contacts_count",
+                                        "contacts_over_limit_count")}
+    return ImportResult(ident, str(status), **{k: v if isinstance(v, int) else None
+                                               for k, v in counts.items()})

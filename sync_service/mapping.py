@@ -1,0 +1,179 @@
+"""Row → contact: email normalisation, field typing for Mailtrap's data types, canonical hashing.
+
+Pure functions, no I/O. A value that cannot become what Mailtrap's field expects raises
+``RecordError`` naming the field and the reason; the record is then skipped with that reason on
+record, never sent half-right.
+
+Choices where Mailtrap is silent (see README "Mapping rules"):
+- the email is trimmed and lower-cased; an internationalised domain is sent in its ASCII (IDNA)
+  form so one address has one spelling;
+- NULL text becomes "" (clears the field); NULL of another type is left out, since Mailtrap has
+  no documented way to clear a typed field;
+- text longer than 255 characters and NUL characters are refused rather than truncated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from email_validator import EmailNotValidError, validate_email
+
+from sync_service.errors import ConfigError, RecordError
+from sync_service.models import Contact, FieldValue, RejectKind
+
+TEXT_LIMIT = 255
+DATA_TYPES = ("text", "integer", "float", "boolean", "date")
+_TRUE = {"true", "t", "yes", "y", "1"}
+_FALSE = {"false", "f", "no", "n", "0"}
+
+
+class MappingRejected(RecordError):
+    """A record that cannot become a contact, with the rejection kind."""
+
+    def __init__(self, kind: RejectKind, reason: str, *, field: str | None = None) -> None:
+        super().__init__(reason, field=field)
+        self.kind = kind
+
+
+def normalise_email(value: Any) -> str:
+    """Trim, lower-case and validate an address; raise MappingRejected saying why not."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise MappingRejected(RejectKind.INVALID_EMAIL, "email is missing")
+    if not isinstance(value, str):
+        raise MappingRejected(RejectKind.INVALID_EMAIL, f"email is a {type(value).__name__}")
+    text = value.strip().lower()
+    if "\x00" in text:
+        raise MappingRejected(RejectKind.INVALID_EMAIL, "email contains a NUL character")
+    try:
+        info = validate_email(text, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise MappingRejected(RejectKind.INVALID_EMAIL, f"invalid email {text!r}: {exc}") from exc
+    return (info.ascii_email or info.normalized).lower()
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, datetime | date):
+        text = value.isoformat()
+    elif isinstance(value, bytes):
+        raise ValueError("is binary, not text")
+    else:
+        text = str(value)
+    if "\x00" in text:
+        raise ValueError("contains a NUL character")
+    if len(text) > TEXT_LIMIT:
+        raise ValueError(f"is {len(text)} characters, over Mailtrap's {TEXT_LIMIT}")
+    return text
+
+
+def _as_integer(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("is a boolean, not an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value.strip())
+    raise ValueError(f"{value!r} is not an integer")
+
+
+def _as_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("is a boolean, not a number")
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{value!r} is not a number") from exc
+    if not math.isfinite(number):
+        raise ValueError(f"{value!r} is not a finite number")
+    return number
+
+
+def _as_boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"{value!r} is not a boolean")
+
+
+def _as_date(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.date().isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value.strip()[:10]).isoformat()
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a yyyy-mm-dd date") from exc
+    raise ValueError(f"{value!r} is not a date")
+
+
+_CONVERTERS = {
+    "text": _as_text,
+    "integer": _as_integer,
+    "float": _as_float,
+    "boolean": _as_boolean,
+    "date": _as_date,
+}
+
+
+class Mapper:
+    """Turns a source row into the contact that would be sent, for one pipeline."""
+
+    def __init__(
+        self,
+        *,
+        email_column: str,
+        fields: Mapping[str, str],
+        field_types: Mapping[str, str],
+        list_ids: tuple[int, ...],
+    ) -> None:
+        missing = sorted(tag for tag in fields if tag not in field_types)
+        if missing:
+            raise ConfigError(
+                "mapping.fields names merge tags that do not exist in Mailtrap: "
+                + ", ".join(missing) + " (create the fields in Mailtrap first)"
+            )
+        self.email_column = email_column
+        self._fields = [(tag, column, _CONVERTERS[field_types[tag]], field_types[tag])
+                        for tag, column in sorted(fields.items())]
+        self.list_ids = tuple(sorted(list_ids))
+
+    def contact(self, values: Mapping[str, Any]) -> Contact:
+        """The contact for one row, or MappingRejected saying which value is wrong and why."""
+        email = normalise_email(values.get(self.email_column))
+        typed: dict[str, FieldValue] = {}
+        for tag, column, convert, data_type in self._fields:
+            raw = values.get(column)
+            if raw is None:
+                if data_type == "text":
+                    typed[tag] = ""
+                continue
+            try:
+                typed[tag] = convert(raw)
+            except ValueError as exc:
+                raise MappingRejected(
+                    RejectKind.INVALID_VALUE, f"field {tag} (column {column}) {exc}", field=tag
+                ) from exc
+        return Contact(email=email, fields=typed, list_ids=self.list_ids)
+
+
+def contact_hash(contact: Contact) -> str:
+    """A stable digest of exactly what would be sent (email, typed fields, lists)."""
+    canonical = orjson.dumps(
+        {"e": contact.email, "f": dict(contact.fields), "l": list(contact.list_ids)},
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return hashlib.blake2b(canonical, digest_size=16).hexdigest()

@@ -38,7 +38,7 @@ class Connector(Protocol):
     settings_model: ClassVar[type[ConnectorSettings]]
 
     def check(self) -> None:
-        """Raise ``SourceError`` (or ``ConfigError``) unless the source can be read as configured."""
+        """Raise ``SourceError`` or ``ConfigError`` unless the source reads as configured."""
 
     def read(self, since: Position | None) -> Iterator[SourceRecord]:
         """Stream records after ``since`` (all of them when None) in (cursor, key) order.
@@ -72,5 +72,8 @@ def load_connector(name: str) -> ConnectorFactory:
     if name not in found:
         known = ", ".join(sorted(found)) or "none installed"
         raise ConfigError(f"unknown connector {name!r} (available: {known})")
-    factory: ConnectorFactory = found[name].load()
+    try:
+        factory: ConnectorFactory = found[name].load()
+    except Exception as exc:  # a broken plugin must not crash config loading with a traceback
+        raise ConfigError(f"connector {name!r} failed to load: {exc!r}") from exc
     return factory

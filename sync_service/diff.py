@@ -124,7 +124,8 @@ class Differ:
         if stored is not None and stored.hash == digest and not self.resend:
             return Change(record.position, key, ChangeKind.UNCHANGED)
         entries: list[ImportEntry] = []
-        kind = ChangeKind.CREATE if stored is None or stored.hash == TOMBSTONE else ChangeKind.UPDATE
+        fresh = stored is None or stored.hash == TOMBSTONE
+        kind = ChangeKind.CREATE if fresh else ChangeKind.UPDATE
         if stored is not None and stored.email != contact.email:
             kind = ChangeKind.EMAIL_CHANGE
             if self.mapper.list_ids:

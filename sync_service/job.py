@@ -139,9 +139,9 @@ class SyncJob:
         """One incremental pass (SYNC) or a full re-read (BACKFILL); raises PipelineBusy."""
 
         def body(run: _Delivery) -> None:
-            differ = Differ(self._mapper(create_lists=True), resend=resend)
+            differ = Differ(self.build_mapper(create_lists=True), resend=resend)
             since = None if kind is RunKind.BACKFILL else self.store.get_watermark(self.name)
-            with self._connector() as connector:
+            with self.open_connector() as connector:
                 self._scan(connector.read(since), differ, run)
             run.finish()
 
@@ -152,8 +152,8 @@ class SyncJob:
 
         def body(run: _Delivery) -> None:
             keys = [r.source_key for r in self.store.list_rejections(self.name)]
-            differ = Differ(self._mapper(create_lists=True), resend=True)
-            with self._connector() as connector:
+            differ = Differ(self.build_mapper(create_lists=True), resend=True)
+            with self.open_connector() as connector:
                 self._scan(connector.fetch(keys), differ, run)
             run.finish()
 
@@ -163,9 +163,9 @@ class SyncJob:
         """What a sync would send now; sends nothing and writes nothing."""
         state = state or self.store
         report = PlanReport(self.name)
-        mapper = self._mapper(create_lists=False, report=report)
+        mapper = self.build_mapper(create_lists=False, report=report)
         sink = _Counter(report, self.pipeline.batch_size, sample)
-        with self._connector() as connector:
+        with self.open_connector() as connector:
             records = connector.read(state.get_watermark(self.name))
             self._scan(records, Differ(mapper), sink, state=state)
         report.imports = sink.imports()
@@ -204,8 +204,8 @@ class SyncJob:
     def _lease(self) -> Iterator[None]:
         if not self.store.acquire_lease(self.name, self.owner, self.lease_ttl):
             holder = self.store.lease_holder(self.name)
-            raise PipelineBusy(f"pipeline {self.name} is being run by {holder[0] if holder else
-                                                                        'another process'}")
+            who = holder[0] if holder else "another process"
+            raise PipelineBusy(f"pipeline {self.name} is busy: its lease is held by {who}")
         done = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(done,), daemon=True,
                                 name=f"lease-{self.name}")
@@ -240,7 +240,7 @@ class SyncJob:
 
     # preparation ---------------------------------------------------------------------------
     @contextmanager
-    def _connector(self) -> Iterator[Connector]:
+    def open_connector(self) -> Iterator[Connector]:
         factory = load_connector(self.pipeline.source.connector)
         connector = factory(self.pipeline.source)
         try:
@@ -249,7 +249,7 @@ class SyncJob:
         finally:
             connector.close()
 
-    def _mapper(self, *, create_lists: bool, report: PlanReport | None = None) -> Mapper:
+    def build_mapper(self, *, create_lists: bool, report: PlanReport | None = None) -> Mapper:
         list_ids = self._resolve_lists(create=create_lists, report=report)
         field_types = {f.merge_tag: f.data_type for f in self.client.fields()}
         try:

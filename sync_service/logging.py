@@ -44,7 +44,9 @@ def _redact_processor(
     return event_dict
 
 
-def configure(*, json: bool | None = None, level: str = "INFO", stream: TextIO | None = None) -> None:
+def configure(
+    *, json: bool | None = None, level: str = "INFO", stream: TextIO | None = None
+) -> None:
     """Set up structlog (and stdlib logging underneath) once per process."""
     stream = stream or sys.stderr
     use_json = not stream.isatty() if json is None else json
@@ -57,7 +59,9 @@ def configure(*, json: bool | None = None, level: str = "INFO", stream: TextIO |
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.format_exc_info if use_json else structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info
+        if use_json
+        else structlog.processors.StackInfoRenderer(),
         _redact_processor,
         renderer,
     ]

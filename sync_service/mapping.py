@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -120,7 +120,7 @@ def _as_date(value: Any) -> str:
     raise ValueError(f"{value!r} is not a date")
 
 
-_CONVERTERS = {
+_CONVERTERS: dict[str, Callable[[Any], FieldValue]] = {
     "text": _as_text,
     "integer": _as_integer,
     "float": _as_float,
@@ -146,8 +146,14 @@ class Mapper:
                 "mapping.fields names merge tags that do not exist in Mailtrap: "
                 + ", ".join(missing) + " (create the fields in Mailtrap first)"
             )
+        unknown = sorted(f"{tag} ({field_types[tag]})" for tag in fields
+                         if field_types[tag] not in _CONVERTERS)
+        if unknown:
+            raise ConfigError("Mailtrap fields of a data type this version cannot send: "
+                              + ", ".join(unknown))
         self.email_column = email_column
-        self._fields = [(tag, column, _CONVERTERS[field_types[tag]], field_types[tag])
+        self._fields: list[tuple[str, str, Callable[[Any], FieldValue], str]] = [
+            (tag, column, _CONVERTERS[field_types[tag]], field_types[tag])
                         for tag, column in sorted(fields.items())]
         self.list_ids = tuple(sorted(list_ids))
 

@@ -311,7 +311,8 @@ def _contact_errors(body: Any) -> dict[str, list[str]]:
     for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("email"), str):
             continue
-        reasons = item.get("errors") if isinstance(item.get("errors"), dict) else {}
+        raw = item.get("errors")
+        reasons: dict[str, Any] = raw if isinstance(raw, dict) else {}
         messages = [f"{attr}: {msg}" for attr, msgs in reasons.items()
                     for msg in (msgs if isinstance(msgs, list) else [msgs])]
         found.setdefault(item["email"].strip().lower(), []).extend(messages or ["rejected"])

@@ -166,8 +166,11 @@ class Metrics:
             self._over_limit.labels(pipeline).inc(over_limit)
 
     def request_done(self, group: str, status: int | None) -> None:
-        """Record one Mailtrap API request; ``status`` None means no response (timeout, reset)."""
-        self._requests.labels(group, "error" if status is None else str(status)).inc()
+        """Record one Mailtrap API request; ``status`` 0 or None: no response (timeout, reset).
+
+        The signature fits ``MailtrapClient(on_response=...)``, which reports 0 for no response.
+        """
+        self._requests.labels(group, str(status) if status else "error").inc()
         if status == 429:
             self._rate_limited.labels(group).inc()
 

@@ -99,15 +99,16 @@ def test_import_finished_counts_status_and_over_limit_contacts() -> None:
 
 
 def test_request_done_counts_by_endpoint_and_status_and_tallies_429s() -> None:
-    """Requests are counted per endpoint group and status; a 429 also counts as rate limited."""
+    """Requests count per endpoint group and status (no response: "error"); 429s count twice."""
     m = Metrics()
     m.request_done("imports", 201)
     m.request_done("imports", 429)
     m.request_done("contacts", 429)
     m.request_done("lists", None)
+    m.request_done("lists", 0)
     assert value(m, "mailtrap_sync_api_requests_total", endpoint="imports", status="201") == 1
     assert value(m, "mailtrap_sync_api_requests_total", endpoint="imports", status="429") == 1
-    assert value(m, "mailtrap_sync_api_requests_total", endpoint="lists", status="error") == 1
+    assert value(m, "mailtrap_sync_api_requests_total", endpoint="lists", status="error") == 2
     assert value(m, "mailtrap_sync_api_rate_limited_total", endpoint="imports") == 1
     assert value(m, "mailtrap_sync_api_rate_limited_total", endpoint="contacts") == 1
 

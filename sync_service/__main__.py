@@ -246,6 +246,19 @@ def db_upgrade(ctx: click.Context) -> None:
 
 
 @cli.command()
+@click.pass_context
+@guarded
+def run(ctx: click.Context) -> None:
+    """The daemon: run every pipeline on its schedule until SIGTERM/SIGINT."""
+    from sync_service.scheduler import Daemon  # noqa: PLC0415 - daemon-only dependencies
+
+    settings = _settings(ctx)
+    _select(settings, ())
+    with stop_on_signals() as stop:
+        sys.exit(Daemon(settings, stop=stop).run())
+
+
+@cli.command()
 @click.option("--dir", "workdir", type=click.Path(file_okay=False), default="mailtrap-sync-demo",
               show_default=True, help="where the sample CRM, config and state are written")
 @click.option("--contacts", default=2_000, show_default=True, help="rows in the sample CRM")

@@ -48,6 +48,8 @@ _ENV_OVERRIDES: dict[str, tuple[str, str]] = {
 }
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PIPELINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _config_file: ContextVar[Path | None] = ContextVar("config_file", default=None)
 
@@ -78,6 +80,20 @@ def parse_rate(text: str) -> tuple[int, float]:
     if count < 1 or seconds <= 0:
         raise ValueError(f"rate {text!r} must allow at least 1 request in a positive time")
     return count, seconds
+
+
+def parse_duration(value: str | float) -> float:
+    """``"90s"``, ``"5m"``, ``"1h"``, ``"1d"``, ``"250ms"`` or a plain number of seconds → seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"duration {value!r} is not like 30s, 5m, 1h or 1d")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
+    if seconds < 0:
+        raise ValueError(f"duration {value!r} is negative")
+    return seconds
 
 
 class StateSettings(_Section):
@@ -143,6 +159,25 @@ class PipelineSettings(_Section):
     schedule: str | None = Field(None, description="cron expression for `run`")
     every: str | None = Field(None, description="interval for `run`, e.g. 10m")
 
+    @field_validator("every")
+    @classmethod
+    def _every(cls, value: str | None) -> str | None:
+        if value is not None and parse_duration(value) < 1:
+            raise ValueError("must be at least 1s")
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            from sync_service.scheduler import crontab_trigger  # noqa: PLC0415 - import cycle
+
+            try:
+                crontab_trigger(value)
+            except ValueError as exc:
+                raise ValueError(f"not a cron expression ({exc})") from exc
+        return value
+
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
@@ -177,6 +212,28 @@ class PipelineSettings(_Section):
 
 class WebSettings(_Section):
     listen: str = Field("127.0.0.1:9108", description="address of /healthz, /readyz, /metrics")
+    enabled: bool = True
+
+
+class DaemonSettings(_Section):
+    """How `mailtrap-sync run` schedules pipelines."""
+
+    every: str = Field("15m", description="interval of pipelines with no schedule of their own")
+    jitter: str | None = Field(None, description="random delay per run (default: 10% of the "
+                                                 "interval, at most 30s)")
+    misfire_grace: str = Field("5m", description="a run late by more than this is skipped")
+    grace_period: str = Field("30s", description="time to finish the current step on SIGTERM")
+    failure_threshold: int = Field(3, ge=1, description="failures in a row before backing off")
+    failure_backoff: str = Field("5m", description="first pause after the threshold; doubles")
+    failure_backoff_max: str = Field("1h")
+
+    @field_validator("every", "jitter", "misfire_grace", "grace_period", "failure_backoff",
+                     "failure_backoff_max")
+    @classmethod
+    def _durations(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
 
 
 class _StrictToml(TomlConfigSettingsSource):
@@ -213,6 +270,7 @@ class AppSettings(BaseSettings):
     state: StateSettings = StateSettings()
     mailtrap: MailtrapSettings = MailtrapSettings()
     web: WebSettings = WebSettings()
+    daemon: DaemonSettings = DaemonSettings()
     pipelines: list[PipelineSettings] = Field(default_factory=list)
 
     @classmethod

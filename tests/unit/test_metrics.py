@@ -99,7 +99,7 @@ def test_import_finished_counts_status_and_over_limit_contacts() -> None:
 
 
 def test_request_done_counts_by_endpoint_and_status_and_tallies_429s() -> None:
-    """Requests count per endpoint group and status (no response: "error"); 429s count twice."""
+    """Requests count per endpoint group and status ("error": no response); 429s also as limited."""
     m = Metrics()
     m.request_done("imports", 201)
     m.request_done("imports", 429)

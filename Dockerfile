@@ -1,0 +1,66 @@
+# syntax=docker/dockerfile:1
+#
+# mailtrap-sync: the daemon (`run`, the default) or any other command of the CLI.
+#   docker build -t mailtrap-sync .
+#   docker run --rm -v mailtrap-sync-data:/data -v "$PWD/mailtrap-sync.toml:/config/mailtrap-sync.toml:ro" \
+#     -e MAILTRAP_API_TOKEN -p 127.0.0.1:9108:9108 mailtrap-sync
+# See docs/deployment.md.
+
+ARG PYTHON_IMAGE=python:3.12-slim-bookworm
+
+# ---- builder: build the project's wheel and install it, with its dependencies, into /opt/venv ----
+FROM ${PYTHON_IMAGE} AS builder
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_INPUT=1 \
+    PIP_ROOT_USER_ACTION=ignore
+
+# The venv gets no pip of its own: the builder's pip installs into it, so the final image ships
+# no installer.
+RUN python -m venv --without-pip /opt/venv
+
+WORKDIR /src
+# .dockerignore lets in only what the wheel is built from.
+COPY . .
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python -m pip wheel --no-deps --wheel-dir /tmp/wheels . \
+ && python -m pip --python /opt/venv/bin/python install --no-warn-script-location \
+        /tmp/wheels/mailtrap_sync-*.whl \
+ && /opt/venv/bin/mailtrap-sync --version
+
+# ---- final: the interpreter, the venv and nothing else (no compilers, no pip, no source tree) ----
+FROM ${PYTHON_IMAGE}
+
+LABEL org.opencontainers.image.title="mailtrap-sync" \
+      org.opencontainers.image.description="Keeps Mailtrap marketing contacts in step with a CRM or SQL database."
+
+# uid/gid 10001: above the range distributions hand out, so it never matches a host account.
+RUN groupadd --system --gid 10001 mailtrap-sync \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /data --no-create-home \
+        --shell /usr/sbin/nologin mailtrap-sync \
+ && mkdir -p /data /config \
+ && chown 10001:10001 /data
+
+COPY --from=builder /opt/venv /opt/venv
+
+# Logs: JSON lines on stderr whenever it is not a terminal (`docker run -t` gives the console form).
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    MAILTRAP_SYNC_CONFIG=/config/mailtrap-sync.toml \
+    MAILTRAP_SYNC_STATE_URL=sqlite:////data/mailtrap-sync.db \
+    MAILTRAP_SYNC_WEB_LISTEN=0.0.0.0:9108
+
+WORKDIR /data
+VOLUME ["/data"]
+USER 10001:10001
+EXPOSE 9108
+
+# Only the daemon (`run`) serves /healthz; one-off commands exit long before the first probe.
+# The port follows MAILTRAP_SYNC_WEB_LISTEN; http.client because slim has no curl and urllib
+# would honour an HTTP(S)_PROXY meant for the Mailtrap API.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import http.client as h, os, sys; port = int(os.environ.get('MAILTRAP_SYNC_WEB_LISTEN', ':9108').rpartition(':')[2]); c = h.HTTPConnection('127.0.0.1', port, timeout=4); c.request('GET', '/healthz'); sys.exit(c.getresponse().status != 200)"]
+
+ENTRYPOINT ["mailtrap-sync"]
+CMD ["run"]

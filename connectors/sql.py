@@ -1,0 +1,282 @@
+"""The SQL source connector (``connector = "sql"``): a table, view or query read through SQLAlchemy.
+
+Contract (see ``SqlSourceSettings`` for the keys):
+
+- **Order.** Records come in (cursor, key) order, read by keyset pagination: each page is its own
+  short query ``... WHERE cursor > :c OR (cursor = :c AND key > :k) ORDER BY cursor, key LIMIT
+  :fetch_size`` on a connection that returns to the pool before the page is yielded. Memory is
+  bounded by ``fetch_size`` rows and no transaction stays open while the job works. Thousands of
+  rows sharing one cursor value are each read once, whatever the page boundaries.
+- **Watermark.** ``Position(cursor, key)`` holding the values as read. ``read(None)`` reads every
+  row; ``read(p)`` reads rows strictly after ``p``, or, with a lookback L > 0, every row with
+  ``cursor >= p.cursor - L`` (default L: 5 minutes for a temporal cursor, none for a numeric one),
+  so a row that committed late with a cursor inside the window is still read. Re-read rows are
+  skipped downstream by hash.
+- **Comparing with what the column holds.** A watermark is converted to the column's type before
+  it is bound (a key ``"42"`` from the state store becomes ``42`` for an integer key). For a
+  datetime column, a naive watermark is taken as UTC for an aware column and an aware one is
+  converted to naive UTC for a naive column. SQLite stores datetimes as text and compares them as
+  text: in ``table`` mode the stored text must be what SQLAlchemy writes, which is verified row by
+  row (``SourceError`` otherwise); in ``query`` mode the cursor is that text itself.
+- **Keys** must be unique under the database's collation: MariaDB's usual collations ignore case
+  and trailing spaces, so 'abc' and 'ABC ' are one key there (and ``fetch`` finds either).
+- **NULL cursor.** Such rows cannot be found by cursor, so only a full read (``since`` None)
+  yields them: first, in key order, with ``cursor`` None, and their count is logged as
+  ``sql.null_cursor_rows``. A watermark taken inside that phase (cursor None) resumes it.
+- **NULL key.** Such rows cannot be tracked: never yielded, never an error; the number in the
+  read's range is logged as ``sql.null_key_rows``.
+- **Deletes.** With ``deleted_column``, a row whose value is non-NULL and not false/0 is yielded
+  with ``deleted=True``.
+- **Errors.** SQLAlchemy errors become ``SourceError`` at this boundary, naming the URL without
+  its password; a missing table or column (also one that disappeared since the last run) is a
+  ``ConfigError`` naming it and listing what exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+
+from connectors.sql_settings import SqlSourceSettings
+from connectors.sql_source import SourceShape, describe, probe_key_type, reason
+from connectors.sql_values import coerce, lookback_start
+from sync_service.errors import ConfigError, SourceError
+from sync_service.models import Position, SourceRecord
+
+__all__ = ["SqlConnector", "SqlSourceSettings"]
+
+log = structlog.get_logger(__name__)
+
+_CONNECT_TIMEOUT_S = 10
+_FETCH_CHUNK = 500  # keys per IN list in fetch(); well under every engine's parameter limit
+_Condition = sa.ColumnElement[bool]
+
+
+class SqlConnector:
+    """Reads ``SourceRecord``s from a SQL table or query; see the module docstring."""
+
+    settings_model: ClassVar[type[SqlSourceSettings]] = SqlSourceSettings
+
+    def __init__(self, settings: SqlSourceSettings) -> None:
+        self.settings = settings
+        self._url = make_url(settings.url)
+        self._safe_url = self._url.render_as_string(hide_password=True)
+        table = ".".join(n for n in (settings.db_schema, settings.table) if n)
+        self._label = f"table {table}" if table else "`query`"
+        self._engine = _create_engine(self._url, self._safe_url)
+
+    @property
+    def engine(self) -> Engine:
+        """The connector's engine (for instrumentation; the connector owns and disposes it)."""
+        return self._engine
+
+    # the protocol ---------------------------------------------------------------------------
+    def check(self) -> None:
+        """Connect, find the table or run the query, and check every configured column."""
+        with self._connection("checking") as conn:
+            shape = describe(conn, self.settings)
+            conn.execute(shape.select().limit(0)).close()
+        log.info("sql.check_ok", source=shape.label, url=self._safe_url, columns=len(shape.names))
+
+    def read(self, since: Position | None) -> Iterator[SourceRecord]:
+        """Stream records after ``since`` (all of them when None) in (cursor, key) order."""
+        shape = self._describe("reading")
+        since = self._typed(shape, since)
+        log.info("sql.read_started", source=shape.label,
+                 since_cursor=None if since is None else str(since.cursor))
+        count = 0
+        if since is None or since.cursor is None:
+            for record in self._null_cursor_records(shape, since):
+                count += 1
+                yield record
+            if count:
+                log.warning("sql.null_cursor_rows", source=shape.label, column=shape.cursor_name,
+                            count=count)
+            first: _Condition = shape.cursor.is_not(None)
+        else:
+            first = self._first_condition(shape, since)
+        order = (shape.cursor, shape.key)
+        for record in self._pages(shape, first, order, lambda r: _after(shape, r.cursor, r.key)):
+            count += 1
+            yield record
+        self._report_null_keys(shape, since)
+        log.info("sql.read_finished", source=shape.label, rows=count)
+
+    def fetch(self, keys: Sequence[str]) -> Iterator[SourceRecord]:
+        """The current rows for these keys (converted to the key column's type), in chunks."""
+        shape = self._describe("fetching")
+        typed = self._typed_keys(shape, keys)
+        for start in range(0, len(typed), _FETCH_CHUNK):
+            chunk = typed[start:start + _FETCH_CHUNK]
+            stmt = shape.select().where(shape.key.in_(chunk)).order_by(shape.key)
+            yield from self._run_page(stmt, shape, "fetching")
+
+    def estimate(self, since: Position | None) -> int:
+        """How many records ``read(since)`` would yield (one COUNT query; for progress bars)."""
+        shape = self._describe("counting")
+        typed = self._typed(shape, since)
+        stmt = (sa.select(sa.func.count()).select_from(shape.selectable)
+                .where(shape.key.is_not(None), self._range(shape, typed)))
+        with self._connection("counting") as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def close(self) -> None:
+        """Dispose of the engine and its pooled connections."""
+        self._engine.dispose()
+
+    # reading ---------------------------------------------------------------------------------
+    def _null_cursor_records(
+        self, shape: SourceShape, since: Position | None
+    ) -> Iterator[SourceRecord]:
+        null = shape.cursor.is_(None)
+        first = null if since is None else sa.and_(null, shape.key > since.key)
+
+        def after(record: SourceRecord) -> _Condition:
+            return sa.and_(null, shape.key > record.key)
+
+        return self._pages(shape, first, (shape.key,), after)
+
+    def _pages(
+        self,
+        shape: SourceShape,
+        first: _Condition,
+        order: tuple[sa.ColumnElement[Any], ...],
+        after: Callable[[SourceRecord], _Condition],
+    ) -> Iterator[SourceRecord]:
+        """Keyset pagination: one LIMIT-ed query per page, each on a fresh pooled connection."""
+        condition = first
+        while True:
+            stmt = (shape.select().where(shape.key.is_not(None), condition)
+                    .order_by(*order).limit(self.settings.fetch_size))
+            page = self._run_page(stmt, shape, "reading")
+            yield from page
+            if len(page) < self.settings.fetch_size:
+                return
+            condition = after(page[-1])
+
+    def _run_page(
+        self, stmt: sa.Select[Any], shape: SourceShape, action: str
+    ) -> list[SourceRecord]:
+        with self._connection(action) as conn:
+            try:
+                rows = conn.execute(stmt).all()
+            except ValueError as exc:  # a stored value SQLAlchemy cannot parse (SQLite text)
+                raise SourceError(f"{action} {shape.label}: {exc}") from exc
+        return [shape.record(row) for row in rows]
+
+    def _first_condition(self, shape: SourceShape, since: Position) -> _Condition:
+        start = lookback_start(since.cursor, self.settings.lookback, column=shape.cursor_name)
+        if start is None:
+            return _after(shape, since.cursor, since.key)
+        within: _Condition = shape.cursor >= start
+        return within
+
+    def _range(self, shape: SourceShape, since: Position | None) -> _Condition:
+        """Every row a read from ``since`` covers (NULL-cursor rows included on a full read)."""
+        if since is None:
+            return sa.true()
+        if since.cursor is None:
+            return sa.or_(sa.and_(shape.cursor.is_(None), shape.key > since.key),
+                          shape.cursor.is_not(None))
+        return self._first_condition(shape, since)
+
+    def _report_null_keys(self, shape: SourceShape, since: Position | None) -> None:
+        if not shape.key_nullable:
+            return
+        stmt = (sa.select(sa.func.count()).select_from(shape.selectable)
+                .where(shape.key.is_(None), self._range(shape, since)))
+        with self._connection("counting") as conn:
+            count = int(conn.execute(stmt).scalar_one())
+        if count:
+            log.warning("sql.null_key_rows", source=shape.label, column=shape.key_name,
+                        count=count)
+
+    # typing what comes from outside -----------------------------------------------------------
+    def _typed(self, shape: SourceShape, since: Position | None) -> Position | None:
+        if since is None:
+            return None
+        try:
+            cursor = coerce(since.cursor, shape.cursor_type, timezone=shape.cursor_timezone)
+            key = coerce(since.key, shape.key_type)
+        except (ValueError, TypeError, ArithmeticError) as exc:
+            raise SourceError(
+                f"the watermark ({since.cursor!r}, {since.key!r}) does not fit the cursor "
+                f"{shape.cursor_name!r} and key {shape.key_name!r} of {shape.label} ({exc}); "
+                "were they changed? a full re-read (backfill) starts over"
+            ) from exc
+        return Position(cursor, key)
+
+    def _typed_keys(self, shape: SourceShape, keys: Sequence[str]) -> list[Any]:
+        with self._connection("fetching") as conn:
+            key_type = probe_key_type(conn, shape)
+        if key_type is None:  # the key's type is unknown only when no row has a key
+            return []
+        typed: dict[Any, None] = {}
+        unusable = 0
+        for key in keys:
+            try:
+                typed[coerce(key, key_type)] = None
+            except (ValueError, TypeError, ArithmeticError):
+                unusable += 1
+        if unusable:
+            log.warning("sql.fetch_unusable_keys", source=shape.label, column=shape.key_name,
+                        count=unusable)
+        return list(typed)
+
+    # connections ------------------------------------------------------------------------------
+    def _describe(self, action: str) -> SourceShape:
+        with self._connection(action) as conn:
+            return describe(conn, self.settings)
+
+    @contextmanager
+    def _connection(self, action: str) -> Iterator[Connection]:
+        """A pooled connection; SQLAlchemy errors become SourceError naming the safe URL."""
+        try:
+            conn = self._engine.connect()
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(
+                f"cannot connect to {self._safe_url}: {self._redact(reason(exc))}"
+            ) from exc
+        with conn:
+            try:
+                yield conn
+            except sa.exc.SQLAlchemyError as exc:
+                raise SourceError(
+                    f"{action} {self._label} failed on {self._safe_url}: "
+                    f"{self._redact(reason(exc))}"
+                ) from exc
+
+    def _redact(self, text: str) -> str:
+        password = self._url.password
+        if not password:
+            return text
+        text = text.replace(self._url.render_as_string(hide_password=False), self._safe_url)
+        # A very short password would blank out ordinary words; such messages keep their text.
+        return text.replace(str(password), "***") if len(str(password)) >= 4 else text
+
+
+def _after(shape: SourceShape, cursor: Any, key: Any) -> _Condition:
+    """Rows strictly after (cursor, key) in (cursor, key) order."""
+    condition: _Condition = sa.or_(
+        shape.cursor > cursor, sa.and_(shape.cursor == cursor, shape.key > key)
+    )
+    return condition
+
+
+def _create_engine(url: URL, safe_url: str) -> Engine:
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
+    backend = url.get_backend_name()
+    if backend != "sqlite":
+        # Pages are read one after another: a small pool suffices; recycle before server timeouts.
+        kwargs.update(pool_size=2, max_overflow=2, pool_recycle=1800, pool_timeout=30)
+    if backend in ("postgresql", "mysql", "mariadb") and "connect_timeout" not in url.query:
+        kwargs["connect_args"] = {"connect_timeout": _CONNECT_TIMEOUT_S}
+    try:
+        return sa.create_engine(url, **kwargs)
+    except (sa.exc.ArgumentError, ImportError) as exc:
+        raise ConfigError(f"cannot use source URL {safe_url}: {exc}") from exc

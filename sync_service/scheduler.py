@@ -20,6 +20,7 @@ import random
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -188,7 +189,7 @@ class Daemon:
         if not self.settings.web.enabled:
             return None
         host, port = parse_listen(self.settings.web.listen)
-        app = create_app(self.metrics, self._alive, lambda: self._ready(store, client))
+        app = create_app(self.metrics, self._alive, self._ready_checks(store, client))
         web = WebServer(app, host, port)
         web.start()
         return web
@@ -196,22 +197,29 @@ class Daemon:
     def _alive(self) -> bool:
         return self._scheduler is not None and bool(self._scheduler.running)
 
-    def _ready(self, store: StateStore, client: MailtrapClient) -> dict[str, str | None]:
-        checks: dict[str, str | None] = {"state_store": None, "mailtrap": None}
-        try:
-            store.pipelines()
-        except SyncError as exc:
-            checks["state_store"] = str(exc)
-        checked_at, error = self._ready_cache
-        if time.monotonic() - checked_at > READY_CACHE_S or error is not None:
+    def _ready_checks(self, store: StateStore, client: MailtrapClient
+                      ) -> dict[str, Callable[[], str | None]]:
+        """Named checks, so a hung one is named by /readyz."""
+
+        def state_store() -> str | None:
             try:
-                client.resolve_account()
-                error = None
+                store.pipelines()
             except SyncError as exc:
-                error = str(exc)
-            self._ready_cache = (time.monotonic(), error)
-        checks["mailtrap"] = error
-        return checks
+                return str(exc)
+            return None
+
+        def mailtrap() -> str | None:
+            checked_at, error = self._ready_cache
+            if time.monotonic() - checked_at > READY_CACHE_S or error is not None:
+                try:
+                    client.resolve_account()
+                    error = None
+                except SyncError as exc:
+                    error = str(exc)
+                self._ready_cache = (time.monotonic(), error)
+            return error
+
+        return {"state_store": state_store, "mailtrap": mailtrap}
 
     # one scheduled pass ----------------------------------------------------------------------
     def _tick(self, pipeline: PipelineSettings, store: StateStore,

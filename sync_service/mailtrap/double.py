@@ -56,7 +56,9 @@ __all__ = [
     "DEFAULT_ACCOUNT_ID",
     "DEFAULT_TOKEN",
     "ContactView",
+    "DropError",
     "FakeClock",
+    "Fault",
     "Faults",
     "FieldView",
     "ImportPolicy",
@@ -161,7 +163,11 @@ class MailtrapDouble:
             return self._state.create_list(self._state.account(account_id), name).id
 
     def add_field(
-        self, merge_tag: str, data_type: str = "text", *, name: str | None = None,
+        self,
+        merge_tag: str,
+        data_type: str = "text",
+        *,
+        name: str | None = None,
         account_id: int = DEFAULT_ACCOUNT_ID,
     ) -> int:
         """A new custom field; returns its id. ``name`` defaults to the merge tag."""
@@ -170,8 +176,12 @@ class MailtrapDouble:
             return self._state.create_field(self._state.account(account_id), body).id
 
     def add_contact(
-        self, email: str, *, fields: Mapping[str, Json] | None = None,
-        list_ids: Iterable[int] = (), unsubscribed: bool = False,
+        self,
+        email: str,
+        *,
+        fields: Mapping[str, Json] | None = None,
+        list_ids: Iterable[int] = (),
+        unsubscribed: bool = False,
         account_id: int = DEFAULT_ACCOUNT_ID,
     ) -> str:
         """A contact stored directly (no validation, no quota); returns its id."""
@@ -238,7 +248,11 @@ class MailtrapDouble:
             self._log.clear()
 
     def max_requests_in_window(
-        self, window: float, *, account_id: int | None = None, token: str | None = None,
+        self,
+        window: float,
+        *,
+        account_id: int | None = None,
+        token: str | None = None,
         contacts_only: bool = False,
     ) -> int:
         """The most requests that reached the double within any ``window`` seconds.
@@ -247,7 +261,8 @@ class MailtrapDouble:
         dropped before reaching the server are not counted.
         """
         times = sorted(
-            r.time for r in self.requests()
+            r.time
+            for r in self.requests()
             if r.fault != "drop_before"
             and account_id in (None, r.account_id)
             and token in (None, r.token)

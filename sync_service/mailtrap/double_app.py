@@ -268,15 +268,28 @@ class _Gateway:
         try:
             await self._dispatch(scope, body, receive, send, exchange=exchange, drop=drop_error)
         finally:
-            self._double._record(LoggedRequest(
-                time=started, method=exchange.method, path=exchange.path,
-                status=exchange.status, token=exchange.token,
-                account_id=exchange.account_id, body=exchange.body, fault=exchange.fault,
-            ))
+            self._double._record(
+                LoggedRequest(
+                    time=started,
+                    method=exchange.method,
+                    path=exchange.path,
+                    status=exchange.status,
+                    token=exchange.token,
+                    account_id=exchange.account_id,
+                    body=exchange.body,
+                    fault=exchange.fault,
+                )
+            )
 
     async def _dispatch(
-        self, scope: Scope, body: bytes, receive: Receive, send: Send, *,
-        exchange: _Exchange, drop: DropError,
+        self,
+        scope: Scope,
+        body: bytes,
+        receive: Receive,
+        send: Send,
+        *,
+        exchange: _Exchange,
+        drop: DropError,
     ) -> None:
         fault = exchange.fault
         if fault in ("429", "500"):

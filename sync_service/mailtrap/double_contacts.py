@@ -142,15 +142,7 @@ def update_contact(
 
     Returns the action (``"created"`` or ``"updated"``) and the contact.
     """
-    contact = _contact_body(body)
-    included, excluded = contact.get("list_ids_included"), contact.get("list_ids_excluded")
-    errors: dict[str, list[str]] = {}
-    check_email(contact.get("email"), errors, reject)
-    check_fields(contact.get("fields"), account, errors)
-    check_lists(included, excluded, account, errors)
-    if contact.get("unsubscribed") not in (None, True, False):
-        errors["unsubscribed"] = ["must be true or false"]
-    _raise_if(errors)
+    contact = _checked_update(body, account, reject)
     existing = find_contact(account, identifier)
     if existing is None and "@" not in identifier:
         raise not_found()
@@ -167,11 +159,24 @@ def update_contact(
     del account.contacts[email_key(existing.email)]
     existing.email = email
     account.contacts[email_key(email)] = existing
-    merge(account, existing, contact.get("fields") or {}, int_list(included) or [],
-          int_list(excluded) or [])
+    included = int_list(contact.get("list_ids_included")) or []
+    excluded = int_list(contact.get("list_ids_excluded")) or []
+    merge(account, existing, contact.get("fields") or {}, included, excluded)
     if contact.get("unsubscribed") is True:
         existing.status = "unsubscribed"
     return action, existing
+
+
+def _checked_update(body: Json, account: Account, reject: Collection[str]) -> dict[str, Json]:
+    contact = _contact_body(body)
+    errors: dict[str, list[str]] = {}
+    check_email(contact.get("email"), errors, reject)
+    check_fields(contact.get("fields"), account, errors)
+    check_lists(contact.get("list_ids_included"), contact.get("list_ids_excluded"), account, errors)
+    if contact.get("unsubscribed") not in (None, True, False):
+        errors["unsubscribed"] = ["must be true or false"]
+    _raise_if(errors)
+    return contact
 
 
 def create_import(

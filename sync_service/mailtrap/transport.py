@@ -59,7 +59,10 @@ class InProcessTransport(httpx.BaseTransport):
             raise RuntimeError("InProcessTransport is closed")
         body = request.read()
         copy = httpx.Request(
-            request.method, request.url, headers=request.headers, content=body,
+            request.method,
+            request.url,
+            headers=request.headers,
+            content=body,
             extensions=request.extensions,
         )
         future = asyncio.run_coroutine_threadsafe(self._serve(copy), self._loop)

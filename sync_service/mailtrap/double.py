@@ -27,7 +27,8 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+
+from starlette.types import ASGIApp
 
 from sync_service.mailtrap import double_contacts as contacts
 from sync_service.mailtrap.double_app import build_app
@@ -98,12 +99,12 @@ class MailtrapDouble:
         self._rng = random.Random(seed)  # noqa: S311 - repeatable faults, not security
         self._windows = SlidingWindow()
         self._log: list[LoggedRequest] = []
-        self._app: Any = None
+        self._app: ASGIApp | None = None
         if default_account:
             self.add_account(DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_NAME, token=DEFAULT_TOKEN)
 
     @property
-    def app(self) -> Any:
+    def app(self) -> ASGIApp:
         """The ASGI app (built once)."""
         with self.lock:
             if self._app is None:

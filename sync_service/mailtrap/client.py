@@ -90,7 +90,8 @@ class MailtrapClient:
         self._account_id = account_id
         self._pacer = pacer
         self._retries = max_retries
-        self._wait = wait_exponential_jitter(initial=retry_initial, max=retry_max)
+        self._wait = wait_exponential_jitter(multiplier=retry_initial, max=retry_max,
+                                             jitter=retry_initial * 2)
         self._on_response = on_response
 
     def close(self) -> None:

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -41,6 +43,21 @@ class MappingRejected(RecordError):
         self.kind = kind
 
 
+# An ASCII dot-atom local part (RFC 5322 atext) and a domain: the shape of nearly every address.
+_SIMPLE = re.compile(r"^([a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*)"
+                     r"@([a-z0-9.-]+)$")
+
+
+@lru_cache(maxsize=65_536)
+def _domain_problem(domain: str) -> str | None:
+    """Full validation of one domain, done once per domain (rows share few domains)."""
+    try:
+        validate_email(f"x@{domain}", check_deliverability=False)
+    except EmailNotValidError as exc:
+        return str(exc)
+    return None
+
+
 def normalise_email(value: Any) -> str:
     """Trim, lower-case and validate an address; raise MappingRejected saying why not."""
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -50,6 +67,13 @@ def normalise_email(value: Any) -> str:
     text = value.strip().lower()
     if "\x00" in text:
         raise MappingRejected(RejectKind.INVALID_EMAIL, "email contains a NUL character")
+    simple = _SIMPLE.match(text)
+    if simple and len(simple.group(1)) <= 64 and len(text) <= 254:
+        # Same verdict as the full check below, at a fraction of the cost per row.
+        problem = _domain_problem(simple.group(2))
+        if problem is None:
+            return text
+        raise MappingRejected(RejectKind.INVALID_EMAIL, f"invalid email {text!r}: {problem}")
     try:
         info = validate_email(text, check_deliverability=False)
     except EmailNotValidError as exc:

@@ -174,9 +174,11 @@ def test_backfill_skips_unchanged_unless_resend(sqlite_url: str, double: Mailtra
         h.source.insert(range(1, 101))
         h.run()
         plain = h.run(RunKind.BACKFILL)
-        assert plain.counts["read"] == 100 and plain.counts.get("imports", 0) == 0
+        assert plain.counts["read"] == 100
+        assert plain.counts.get("imports", 0) == 0
         resent = h.run(RunKind.BACKFILL, resend=True)
-        assert resent.counts["updated"] == 100 and resent.counts["imports"] == 1
+        assert resent.counts["updated"] == 100
+        assert resent.counts["imports"] == 1
     finally:
         h.close()
 
@@ -191,11 +193,14 @@ def test_invalid_and_duplicate_rows_are_recorded_not_sent(
         h.source.insert([12], email="not an email")
         h.source.insert([13], email="  USER3@Example.com ")  # key 3 owns this address
         result = h.run()
-        assert result.counts["invalid"] == 2 and result.counts["duplicate"] == 1
+        assert result.counts["invalid"] == 2
+        assert result.counts["duplicate"] == 1
         assert len(double.contacts()) == 10
         reasons = {r.source_key: (str(r.kind), r.reason) for r in h.store.list_rejections("customers")}
-        assert reasons["11"][0] == "invalid_email" and "missing" in reasons["11"][1]
-        assert reasons["13"][0] == "duplicate" and "source key 3" in reasons["13"][1]
+        assert reasons["11"][0] == "invalid_email"
+        assert "missing" in reasons["11"][1]
+        assert reasons["13"][0] == "duplicate"
+        assert "source key 3" in reasons["13"][1]
     finally:
         h.close()
 

@@ -62,7 +62,8 @@ def test_email_change_unlists_the_old_address() -> None:
     assert changes[0].kind is ChangeKind.EMAIL_CHANGE
     assert old.to_api() == {"email": "old@example.com", "list_ids_excluded": [5]}
     assert old.hash is None
-    assert new.email == "new@example.com" and new.hash is not None
+    assert new.email == "new@example.com"
+    assert new.hash is not None
 
 
 def test_duplicate_email_the_confirmed_owner_wins() -> None:
@@ -100,7 +101,8 @@ def test_deleted_record_unlists_and_leaves_a_tombstone() -> None:
     changes = _diff(differ, [_rec(1, "a@example.com", deleted=True)],
                     [_stored(differ, 1, "a@example.com")])
     entry = changes[0].entries[0]
-    assert entry.list_ids_excluded == LISTS and entry.hash == TOMBSTONE
+    assert entry.list_ids_excluded == LISTS
+    assert entry.hash == TOMBSTONE
     back = _diff(differ, [_rec(1, "a@example.com")],
                  [StoredContact("1", "a@example.com", TOMBSTONE)])
     assert back[0].kind is ChangeKind.CREATE

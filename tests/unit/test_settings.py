@@ -108,7 +108,8 @@ def test_missing_source_key_names_file_pipeline_and_key(tmp_path: Path) -> None:
     message = str(info.value)
     assert str(tmp_path / "mailtrap-sync.toml") in message
     assert "pipelines[0] (customers)" in message
-    assert "source" in message and "key" in message
+    assert "source" in message
+    assert "key" in message
 
 
 @pytest.mark.parametrize(("needle", "replacement", "expected"), [

@@ -1,0 +1,167 @@
+"""The state store's tables, as SQLAlchemy Core metadata.
+
+The schema is created and changed only through the Alembic migrations in ``migrations/``; this
+module is what those migrations must produce (a test compares the two), and what the store's
+queries are written against.
+
+Enumerations are stored as short strings rather than native enum types, so that adding a value
+never needs an ``ALTER TYPE`` migration. Source keys, emails and messages are unbounded text:
+a length limit there would turn an unusual source row into a failed transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+# Constraint names follow this convention so that migrations name them the same way on every
+# database, and a later migration can drop or alter them by name.
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+PIPELINE_LENGTH = 200
+ENUM_LENGTH = 20
+HASH_LENGTH = 128
+OWNER_LENGTH = 200
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Stores UTC, returns tz-aware UTC datetimes; refuses naive ones.
+
+    SQLite keeps no time zone, so values are normalised to UTC on the way in and labelled UTC on
+    the way out; on PostgreSQL the column is ``timestamptz`` and the conversion is a no-op.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r} given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise TypeError(f"expected a datetime from the database, got {value!r}")
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+watermarks = sa.Table(
+    "watermarks",
+    metadata,
+    sa.Column("pipeline", sa.String(PIPELINE_LENGTH), primary_key=True),
+    # Tagged JSON (see state/codec.py), so cursor and key come back with their Python types.
+    sa.Column("cursor_value", sa.Text, nullable=False),
+    sa.Column("key_value", sa.Text, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+contacts = sa.Table(
+    "contacts",
+    metadata,
+    sa.Column("pipeline", sa.String(PIPELINE_LENGTH), primary_key=True),
+    sa.Column("source_key", sa.Text, primary_key=True),
+    sa.Column("email", sa.Text, nullable=False),
+    sa.Column("hash", sa.String(HASH_LENGTH), nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("import_id", sa.BigInteger, nullable=True),
+    # Not unique: one batch may swap two keys' emails, and a unique index would trip over the
+    # intermediate state. The job enforces one owner per email (RejectKind.DUPLICATE).
+    sa.Index(None, "pipeline", "email"),
+)
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("pipeline", sa.String(PIPELINE_LENGTH), nullable=False),
+    sa.Column("kind", sa.String(ENUM_LENGTH), nullable=False),
+    sa.Column("started_at", UtcDateTime, nullable=False),
+    sa.Column("finished_at", UtcDateTime, nullable=True),
+    sa.Column("outcome", sa.String(ENUM_LENGTH), nullable=False),
+    sa.Column("counts", sa.Text, nullable=False),  # JSON object of str -> int
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Index(None, "pipeline", "id"),
+)
+
+batches = sa.Table(
+    "batches",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("pipeline", sa.String(PIPELINE_LENGTH), nullable=False),
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id"), nullable=False),
+    sa.Column("status", sa.String(ENUM_LENGTH), nullable=False),
+    sa.Column("import_id", sa.BigInteger, nullable=True),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("posted_at", UtcDateTime, nullable=True),
+    sa.Column("finished_at", UtcDateTime, nullable=True),
+    sa.Column("created_count", sa.Integer, nullable=True),
+    sa.Column("updated_count", sa.Integer, nullable=True),
+    sa.Column("over_limit_count", sa.Integer, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Index(None, "pipeline", "status"),
+    sa.Index(None, "run_id"),
+)
+
+# The write-ahead half of a batch: one row per contact in the import, deleted when the batch
+# closes (finished, failed or abandoned), so the table only ever holds in-flight batches.
+batch_contacts = sa.Table(
+    "batch_contacts",
+    metadata,
+    sa.Column(
+        "batch_id",
+        sa.Integer,
+        sa.ForeignKey("batches.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("email", sa.Text, primary_key=True),
+    sa.Column("source_key", sa.Text, nullable=False),
+    sa.Column("kind", sa.String(ENUM_LENGTH), nullable=False),
+    sa.Column("hash", sa.String(HASH_LENGTH), nullable=True),  # None: exclusion-only entry
+)
+
+rejections = sa.Table(
+    "rejections",
+    metadata,
+    sa.Column("pipeline", sa.String(PIPELINE_LENGTH), primary_key=True),
+    sa.Column("source_key", sa.Text, primary_key=True),
+    sa.Column("email", sa.Text, nullable=True),
+    sa.Column("kind", sa.String(ENUM_LENGTH), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column(
+        "run_id", sa.Integer, sa.ForeignKey("runs.id", ondelete="SET NULL"), nullable=True
+    ),
+    sa.Column("first_seen", UtcDateTime, nullable=False),
+    sa.Column("last_seen", UtcDateTime, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Index(None, "run_id"),
+)
+
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("pipeline", sa.String(PIPELINE_LENGTH), primary_key=True),
+    sa.Column("owner", sa.String(OWNER_LENGTH), nullable=False),
+    sa.Column("acquired_at", UtcDateTime, nullable=False),
+    sa.Column("expires_at", UtcDateTime, nullable=False),
+)

@@ -1,175 +1,384 @@
 """The state store: watermarks, confirmed contact hashes, runs, import batches, rejections, leases.
 
-CONTRACT STUB — the signatures below are the API the job codes against. Implementation pending.
+Everything is keyed by pipeline name. The store knows nothing of HTTP or of Mailtrap's API; the
+job tells it what was sent and what Mailtrap confirmed, and the store keeps these promises:
+
+- **Write-ahead** (invariant 3): ``record_batch`` commits a batch and all of its contacts in one
+  transaction, before the job posts it; after a crash ``open_batches`` says what was in flight.
+- **Confirmation is atomic** (invariants 1, 2): ``confirm_batch`` commits the batch's hashes,
+  clears their rejections, closes the batch and (if given) moves the watermark in one
+  transaction. Either all of it is on disk or none of it is.
+- **The watermark only moves with or after the hashes it covers**: the one write path that moves
+  it together with hashes is ``confirm_batch``; ``set_watermark`` exists for the moments when
+  nothing is in flight (a run whose rows all proved unchanged or rejected, an operator's reset).
+- **Failure leaves hashes alone**: ``fail_batch`` (FAILED or ABANDONED) never touches contacts,
+  so everything in the batch looks unsent and goes out again.
+- **One holder per pipeline** (invariant 7): leases are taken in a single race-free statement
+  against the database's clock (see ``leases``).
+- **Bounded memory** (invariant 5): look-ups by key or email go in chunks of ``sql.IN_CHUNK``.
+- **Rejections are kept with their reason** (invariant 8) until a later confirmation of the
+  same key, or an operator, clears them.
+
+SQLAlchemy errors leave as ``StateError`` naming the database URL without its password.
+Arguments that break these rules (a duplicated email in a batch, confirming a closed batch with
+a different import id) raise ``ValueError`` or ``StateError`` before anything is written.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from pathlib import Path
 
-from sqlalchemy.engine import Engine
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.engine import URL, Connection, Engine
 
+from sync_service.errors import StateError
 from sync_service.models import (
     BatchStatus,
     ImportEntry,
     ImportResult,
     Position,
     Rejection,
-    RejectKind,
     RunKind,
     RunOutcome,
     StoredContact,
 )
+from sync_service.state import batches, codec, leases, schema, sql, tables, upserts
+from sync_service.state.engine import DEFAULT_URL, create_state_engine, transaction
+from sync_service.state.records import (
+    BatchRecord,
+    RejectionRecord,
+    RunRecord,
+    batch_from_row,
+    rejection_from_row,
+    run_from_row,
+)
+from sync_service.state.tables import contacts, rejections, runs, watermarks
 
+log = structlog.get_logger(__name__)
 
-@dataclass(frozen=True, slots=True)
-class RunRecord:
-    id: int
-    pipeline: str
-    kind: RunKind
-    started_at: datetime
-    finished_at: datetime | None
-    outcome: RunOutcome
-    counts: Mapping[str, int]
-    error: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class BatchRecord:
-    id: int
-    pipeline: str
-    run_id: int
-    status: BatchStatus
-    import_id: int | None
-    size: int
-    created_at: datetime
-    posted_at: datetime | None
-    finished_at: datetime | None
-    created_count: int | None
-    updated_count: int | None
-    over_limit_count: int | None
-    attempts: int
-    error: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class RejectionRecord:
-    pipeline: str
-    source_key: str
-    email: str | None
-    kind: RejectKind
-    reason: str
-    run_id: int | None
-    first_seen: datetime
-    last_seen: datetime
-    attempts: int
+__all__ = ["DEFAULT_URL", "BatchRecord", "RejectionRecord", "RunRecord", "StateStore"]
 
 
 class StateStore:
-    def __init__(self, engine: Engine) -> None:
+    """The pipeline state on one database. Thread-safe: each call uses its own connection."""
+
+    def __init__(self, engine: Engine, *, migrations_dir: str | Path | None = None) -> None:
         self.engine = engine
+        # Tests point this at a copy with extra revisions; the application never sets it.
+        self._migrations_dir = Path(migrations_dir) if migrations_dir else None
+
+    @property
+    def _migrations(self) -> Path:
+        return self._migrations_dir or schema.migrations_dir()
 
     @classmethod
-    def from_url(cls, url: str) -> StateStore:
-        raise NotImplementedError
-
-    def upgrade(self) -> None:
-        raise NotImplementedError
-
-    def ensure_schema(self) -> None:
-        raise NotImplementedError
+    def from_url(
+        cls, url: str | URL = DEFAULT_URL, *, migrations_dir: str | Path | None = None
+    ) -> StateStore:
+        """A store on SQLite or PostgreSQL; ConfigError if the URL is malformed or unsupported."""
+        return cls(create_state_engine(url), migrations_dir=migrations_dir)
 
     def close(self) -> None:
-        raise NotImplementedError
+        self.engine.dispose()
 
-    # watermarks
+    # schema -------------------------------------------------------------------------------
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Run the Alembic migrations up to ``revision`` in one transaction."""
+        with self._write("upgrade") as conn:
+            schema.upgrade(conn, self._migrations, revision)
+
+    def downgrade(self, revision: str = "base") -> None:
+        """Run the Alembic migrations down to ``revision`` (``base`` drops every table)."""
+        with self._write("downgrade") as conn:
+            schema.downgrade(conn, self._migrations, revision)
+
+    def ensure_schema(self) -> None:
+        """Create the schema in a new database; StateError if an existing one is not at head."""
+        with self._write("schema check") as conn:
+            schema.ensure(conn, self._migrations)
+
+    def schema_revision(self) -> str | None:
+        """The database's Alembic revision (None for a new database), for ``db current``."""
+        with self._read("schema revision") as conn:
+            current = schema.current_revisions(conn)
+        return ", ".join(current) if current else None
+
+    def head_revision(self) -> str:
+        """The Alembic revision this version of the code needs."""
+        return ", ".join(schema.head_revisions(self._migrations))
+
+    # watermarks ---------------------------------------------------------------------------
+
     def get_watermark(self, pipeline: str) -> Position | None:
-        raise NotImplementedError
+        with self._read("get_watermark") as conn:
+            row = conn.execute(
+                sa.select(watermarks.c.cursor_value, watermarks.c.key_value).where(
+                    watermarks.c.pipeline == pipeline
+                )
+            ).first()
+        if row is None:
+            return None
+        try:
+            return Position(codec.decode(row.cursor_value), codec.decode(row.key_value))
+        except ValueError as exc:
+            raise StateError(f"the watermark of pipeline {pipeline!r} is unreadable") from exc
 
     def set_watermark(self, pipeline: str, position: Position | None) -> None:
-        raise NotImplementedError
+        """Move (or, with None, reset) the watermark on its own; see the module docstring."""
+        with self._write("set_watermark") as conn:
+            upserts.write_watermark(conn, pipeline, position)
 
-    # confirmed contacts
+    # confirmed contacts -------------------------------------------------------------------
+
     def get_contacts(self, pipeline: str, keys: Sequence[str]) -> dict[str, StoredContact]:
-        raise NotImplementedError
+        """The confirmed email and hash of each known key; unknown keys are absent."""
+        found: dict[str, StoredContact] = {}
+        with self._read("get_contacts") as conn:
+            for chunk in sql.chunked(list(dict.fromkeys(keys))):
+                rows = conn.execute(
+                    sa.select(contacts.c.source_key, contacts.c.email, contacts.c.hash).where(
+                        contacts.c.pipeline == pipeline, contacts.c.source_key.in_(chunk)
+                    )
+                )
+                for key, email, hash_ in rows:
+                    found[key] = StoredContact(source_key=key, email=email, hash=hash_)
+        return found
 
     def get_owners(self, pipeline: str, emails: Sequence[str]) -> dict[str, str]:
-        raise NotImplementedError
+        """Email -> the source key whose confirmed contact has it (lowest key if several)."""
+        owners: dict[str, str] = {}
+        with self._read("get_owners") as conn:
+            for chunk in sql.chunked(list(dict.fromkeys(emails))):
+                # No ORDER BY: SQLite would walk the primary key to avoid a sort, and scan the
+                # pipeline's every contact instead of probing the email index.
+                rows = conn.execute(
+                    sa.select(contacts.c.email, contacts.c.source_key).where(
+                        contacts.c.pipeline == pipeline, contacts.c.email.in_(chunk)
+                    )
+                )
+                for email, key in rows:
+                    if email not in owners or key < owners[email]:
+                        owners[email] = key
+        return owners
 
     def count_contacts(self, pipeline: str) -> int:
-        raise NotImplementedError
+        return self._count("count_contacts", contacts, pipeline)
 
-    # runs
+    # runs ---------------------------------------------------------------------------------
+
     def start_run(self, pipeline: str, kind: RunKind) -> int:
-        raise NotImplementedError
+        with self._write("start_run") as conn:
+            run_id: int = conn.execute(
+                sa.insert(runs)
+                .values(pipeline=pipeline, kind=kind.value, started_at=sql.now(conn),
+                        outcome=RunOutcome.RUNNING.value, counts="{}")
+                .returning(runs.c.id)
+            ).scalar_one()
+        return run_id
 
     def finish_run(
         self, run_id: int, outcome: RunOutcome, counts: Mapping[str, int], error: str | None = None
     ) -> None:
-        raise NotImplementedError
+        with self._write("finish_run") as conn:
+            result = conn.execute(
+                sa.update(runs)
+                .where(runs.c.id == run_id)
+                .values(outcome=outcome.value, counts=json.dumps(dict(counts), sort_keys=True),
+                        error=error, finished_at=sql.now(conn))
+            )
+            if result.rowcount != 1:
+                raise StateError(f"no run with id {run_id}")
+
+    def interrupt_stale_runs(self, pipeline: str) -> int:
+        """Mark the pipeline's RUNNING runs INTERRUPTED; returns how many.
+
+        Call it right after taking the lease and before ``start_run``: whoever held the lease
+        before is gone, so any run still marked RUNNING died with its process.
+        """
+        with self._write("interrupt_stale_runs") as conn:
+            result = conn.execute(
+                sa.update(runs)
+                .where(runs.c.pipeline == pipeline, runs.c.outcome == RunOutcome.RUNNING.value)
+                .values(outcome=RunOutcome.INTERRUPTED.value, finished_at=sql.now(conn),
+                        error="the process running it stopped before it finished")
+            )
+        return result.rowcount
 
     def last_run(self, pipeline: str) -> RunRecord | None:
-        raise NotImplementedError
+        found = self.list_runs(pipeline, limit=1)
+        return found[0] if found else None
 
     def list_runs(self, pipeline: str, limit: int = 20) -> list[RunRecord]:
-        raise NotImplementedError
+        """The pipeline's runs, newest first."""
+        with self._read("list_runs") as conn:
+            rows = conn.execute(
+                sa.select(runs).where(runs.c.pipeline == pipeline)
+                .order_by(runs.c.id.desc()).limit(limit)
+            ).mappings()
+            return [run_from_row(row) for row in rows]
 
-    # batches
+    # batches ------------------------------------------------------------------------------
+
     def record_batch(self, pipeline: str, run_id: int, entries: Sequence[ImportEntry]) -> int:
-        raise NotImplementedError
+        """Record a PENDING batch with all of its contacts, before it is posted (write-ahead)."""
+        with self._write("record_batch") as conn:
+            return batches.record(conn, pipeline, run_id, entries, sql.now(conn))
 
     def mark_batch_posted(self, batch_id: int, import_id: int) -> None:
-        raise NotImplementedError
+        """Mailtrap accepted the batch as ``import_id``: POSTED, posted_at, attempts + 1."""
+        with self._write("mark_batch_posted") as conn:
+            batches.mark_posted(conn, batch_id, import_id, sql.now(conn))
 
     def confirm_batch(
         self, batch_id: int, result: ImportResult, watermark: Position | None = None
     ) -> None:
-        raise NotImplementedError
+        """Mailtrap finished the import: commit its hashes (and the watermark) atomically.
+
+        Keys with a hashed entry get that email and hash and lose their rejections. A key whose
+        only entry is exclusion-only at its confirmed email loses its stored state (it left the
+        lists). The batch becomes FINISHED with Mailtrap's counts, and its contacts are deleted.
+        """
+        with self._write("confirm_batch") as conn:
+            pipeline, written = batches.confirm(conn, batch_id, result, sql.now(conn))
+            if watermark is not None:
+                upserts.write_watermark(conn, pipeline, watermark)
+        self._refresh_statistics(written)
 
     def fail_batch(
         self, batch_id: int, error: str, status: BatchStatus = BatchStatus.FAILED
     ) -> None:
-        raise NotImplementedError
+        """Close the batch as FAILED or ABANDONED; stored hashes stay as they were."""
+        with self._write("fail_batch") as conn:
+            batches.fail(conn, batch_id, error, status, sql.now(conn))
+
+    def remove_from_batch(self, batch_id: int, emails: Sequence[str]) -> int:
+        """Take contacts (e.g. ones Mailtrap refused) out of an open batch; returns how many."""
+        with self._write("remove_from_batch") as conn:
+            return batches.remove(conn, batch_id, emails)
+
+    def get_batch(self, batch_id: int) -> BatchRecord:
+        """The batch; StateError if there is none with that id."""
+        with self._read("get_batch") as conn:
+            return batches.load(conn, batch_id)
 
     def open_batches(self, pipeline: str) -> list[BatchRecord]:
-        raise NotImplementedError
+        """PENDING and POSTED batches, oldest first: what a crash may have left in flight."""
+        open_ = [status.value for status in batches.OPEN]
+        return self._batches(
+            "open_batches",
+            sa.select(tables.batches)
+            .where(tables.batches.c.pipeline == pipeline, tables.batches.c.status.in_(open_))
+            .order_by(tables.batches.c.id),
+        )
 
     def last_batch(self, pipeline: str) -> BatchRecord | None:
-        raise NotImplementedError
+        found = self._batches(
+            "last_batch",
+            sa.select(tables.batches).where(tables.batches.c.pipeline == pipeline)
+            .order_by(tables.batches.c.id.desc()).limit(1),
+        )
+        return found[0] if found else None
 
     def batch_entries(self, batch_id: int) -> list[ImportEntry]:
-        raise NotImplementedError
+        """An open batch's entries, by email (fields and list ids are not stored)."""
+        with self._read("batch_entries") as conn:
+            return batches.entries(conn, batch_id)
 
-    # rejections
+    # rejections ---------------------------------------------------------------------------
+
     def record_rejections(
         self, pipeline: str, run_id: int | None, rejections: Sequence[Rejection]
     ) -> None:
-        raise NotImplementedError
+        """Record or refresh rejections; a key rejected again gets attempts + 1."""
+        if rejections:
+            with self._write("record_rejections") as conn:
+                upserts.rejections(conn, pipeline, run_id, rejections)
 
     def list_rejections(self, pipeline: str, limit: int | None = None) -> list[RejectionRecord]:
-        raise NotImplementedError
+        """The pipeline's rejections, most recently seen first."""
+        with self._read("list_rejections") as conn:
+            rows = conn.execute(
+                sa.select(rejections).where(rejections.c.pipeline == pipeline)
+                .order_by(rejections.c.last_seen.desc(), rejections.c.source_key).limit(limit)
+            ).mappings()
+            return [rejection_from_row(row) for row in rows]
 
     def count_rejections(self, pipeline: str) -> int:
-        raise NotImplementedError
+        return self._count("count_rejections", rejections, pipeline)
 
     def clear_rejections(self, pipeline: str, keys: Sequence[str]) -> None:
-        raise NotImplementedError
+        with self._write("clear_rejections") as conn:
+            for chunk in sql.chunked(list(dict.fromkeys(keys))):
+                conn.execute(
+                    sa.delete(rejections).where(
+                        rejections.c.pipeline == pipeline, rejections.c.source_key.in_(chunk)
+                    )
+                )
 
-    # leases
+    # leases -------------------------------------------------------------------------------
+
     def acquire_lease(self, pipeline: str, owner: str, ttl_seconds: float) -> bool:
-        raise NotImplementedError
+        """Take the lease if it is free, expired or already this owner's; False otherwise."""
+        with self._write("acquire_lease") as conn:
+            return leases.acquire(conn, pipeline, owner, ttl_seconds)
 
     def renew_lease(self, pipeline: str, owner: str, ttl_seconds: float) -> bool:
-        raise NotImplementedError
+        """Extend this owner's lease; False if it was lost (taken over or released)."""
+        with self._write("renew_lease") as conn:
+            return leases.renew(conn, pipeline, owner, ttl_seconds)
 
     def release_lease(self, pipeline: str, owner: str) -> None:
-        raise NotImplementedError
+        """Give the lease up; does nothing if this owner no longer holds it."""
+        with self._write("release_lease") as conn:
+            leases.release(conn, pipeline, owner)
+
+    def lease_holder(self, pipeline: str) -> tuple[str, datetime] | None:
+        """(owner, expires_at) of the pipeline's lease, expired or not; None if there is none."""
+        with self._read("lease_holder") as conn:
+            return leases.holder(conn, pipeline)
 
     def pipelines(self) -> list[str]:
-        raise NotImplementedError
+        """Every pipeline with a watermark, contacts, runs, batches or rejections, sorted."""
+        kept = (watermarks, contacts, runs, tables.batches, rejections)
+        union = sa.union(*(sa.select(table.c.pipeline) for table in kept))
+        with self._read("pipelines") as conn:
+            return sorted(conn.execute(union).scalars())
 
-    def _unused(self) -> Any:
-        return None
+    # plumbing -----------------------------------------------------------------------------
+
+    @contextmanager
+    def _read(self, what: str) -> Iterator[Connection]:
+        with transaction(self.engine, what, write=False) as conn:
+            yield conn
+
+    @contextmanager
+    def _write(self, what: str) -> Iterator[Connection]:
+        with transaction(self.engine, what, write=True) as conn:
+            yield conn
+
+    def _refresh_statistics(self, written: int) -> None:
+        # After the commit, in its own transaction, and best effort: the confirmation stands
+        # whatever happens here, and the job must not be told otherwise.
+        if self.engine.dialect.name != "postgresql" or written < sql.ANALYZE_MIN_ROWS:
+            return
+        try:
+            with self._write("analyze") as conn:
+                sql.analyze_if_stale(conn, contacts, written)
+        except StateError as exc:
+            log.warning("state.analyze_failed", error=str(exc))
+
+    def _count(self, what: str, table: sa.Table, pipeline: str) -> int:
+        with self._read(what) as conn:
+            query = sa.select(sa.func.count()).select_from(table)
+            return int(conn.execute(query.where(table.c.pipeline == pipeline)).scalar_one())
+
+    def _batches(self, what: str, query: sa.Select[tuple[object, ...]]) -> list[BatchRecord]:
+        with self._read(what) as conn:
+            return [batch_from_row(row) for row in conn.execute(query).mappings()]
+

@@ -75,9 +75,9 @@ _customers = sa.Table(
 
 def make_sample_crm(path: Path, rows: int, *, seed: int = 7) -> None:
     """A `customers` table with ``rows`` people, a few of them with unusable emails."""
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - sample data, not security
     engine = sa.create_engine(f"sqlite:///{path}")
-    start = datetime(2026, 1, 1)  # noqa: DTZ001 - the column holds naive UTC
+    start = datetime(2026, 1, 1)  # naive UTC, as the column holds it
     _metadata.create_all(engine)
     with engine.begin() as conn:
         batch = []
@@ -140,14 +140,13 @@ def run_demo(workdir: str, rows: int) -> int:
                       f", Mailtrap test double at {base_url}")
         store = open_store(settings)
         results = []
+        steps = [("first run", False), (f"second run, after editing {EDITED} rows", True),
+                 ("third run, nothing changed", False)]
         try:
             with build_client(settings) as client:
-                for title, before in (("first run", None),
-                                      (f"second run, after editing {EDITED} rows",
-                                       lambda: edit_rows(folder / "crm.db", EDITED)),
-                                      ("third run, nothing changed", None)):
-                    if before is not None:
-                        before()
+                for title, edit_first in steps:
+                    if edit_first:
+                        edit_rows(folder / "crm.db", EDITED)
                     job = SyncJob(settings=settings, pipeline=settings.pipelines[0],
                                   store=store, client=client)
                     results.append(job.run())

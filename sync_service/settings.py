@@ -83,7 +83,7 @@ def parse_rate(text: str) -> tuple[int, float]:
 
 
 def parse_duration(value: str | float) -> float:
-    """``"90s"``, ``"5m"``, ``"1h"``, ``"1d"``, ``"250ms"`` or a plain number of seconds → seconds."""
+    """``"90s"``, ``"5m"``, ``"1h"``, ``"1d"``, ``"250ms"`` or plain seconds → seconds."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     else:

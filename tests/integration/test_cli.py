@@ -16,7 +16,7 @@ from sync_service.mailtrap.double import MailtrapDouble
 from sync_service.state import StateStore
 from tests.support.harness import FIELDS, T0, Source
 
-TOKEN = "tok-9f2c41d7e8b6"  # noqa: S105 - the double's token for these tests
+TOKEN = "tok-9f2c41d7e8b6"  # the double's token for these tests
 CONFIG = """
 [state]
 url = "{state}"
@@ -89,7 +89,7 @@ def _state_dump(url: str) -> dict[str, list[tuple[object, ...]]]:
 
 def test_sync_then_status(workdir: tuple[Path, Source], double: MailtrapDouble) -> None:
     """`sync` exits 0 and syncs everything; `status` shows the run, watermark and last import."""
-    config, source = workdir
+    config, _ = workdir
     result = _cli("--config", str(config), "sync")
     assert result.exit_code == 0, result.output
     assert "customers: sync succeeded" in result.output
@@ -161,7 +161,8 @@ def test_busy_pipeline_exits_3(workdir: tuple[Path, Source], double: MailtrapDou
     finally:
         store.close()
     assert result.exit_code == 3
-    assert "busy" in result.stderr and "other-host:1234" in result.stderr
+    assert "busy" in result.stderr
+    assert "other-host:1234" in result.stderr
     assert double.contacts() == {}
 
 
@@ -201,7 +202,8 @@ def test_missing_token_is_a_config_error(workdir: tuple[Path, Source],
     assert "MAILTRAP_API_TOKEN" in result.stderr
 
 
-@pytest.mark.parametrize("engine", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.mark.parametrize("engine", ["sqlite",
+                                    pytest.param("postgresql", marks=pytest.mark.postgres)])
 def test_db_upgrade_on_an_empty_database(engine: str, tmp_path: Path, served: str,
                                          request: pytest.FixtureRequest) -> None:
     """`db upgrade` creates the schema in an empty SQLite or PostgreSQL database."""

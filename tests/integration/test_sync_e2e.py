@@ -22,7 +22,8 @@ from tests.support.openapi import ValidatingTransport
 def harness(any_db_url: str, sqlite_url: str, double: MailtrapDouble,
             mailtrap_transport: ValidatingTransport) -> Iterator[Harness]:
     """A pipeline over a source on each engine, state in SQLite."""
-    h = Harness(double, mailtrap_transport, Source(any_db_url), sqlite_url.replace(".db", "-state.db"))
+    h = Harness(double, mailtrap_transport, Source(any_db_url),
+                sqlite_url.replace(".db", "-state.db"))
     yield h
     h.close()
 
@@ -169,7 +170,8 @@ def test_crash_mid_import_loses_nothing(crash_on: str, sqlite_url: str,
 def test_backfill_skips_unchanged_unless_resend(sqlite_url: str, double: MailtrapDouble,
                                                 mailtrap_transport: ValidatingTransport) -> None:
     """Backfill re-reads everything but sends only changes; --resend sends everything."""
-    h = Harness(double, mailtrap_transport, Source(sqlite_url), sqlite_url.replace(".db", "-s.db"))
+    h = Harness(double, mailtrap_transport, Source(sqlite_url),
+                sqlite_url.replace(".db", "-s.db"))
     try:
         h.source.insert(range(1, 101))
         h.run()
@@ -185,8 +187,9 @@ def test_backfill_skips_unchanged_unless_resend(sqlite_url: str, double: Mailtra
 
 def test_invalid_and_duplicate_rows_are_recorded_not_sent(
         sqlite_url: str, double: MailtrapDouble, mailtrap_transport: ValidatingTransport) -> None:
-    """Rows without a valid email, and a second key with a taken email, are recorded with reasons."""
-    h = Harness(double, mailtrap_transport, Source(sqlite_url), sqlite_url.replace(".db", "-s.db"))
+    """Rows without a valid email, and a second key with a taken email, are recorded, not sent."""
+    h = Harness(double, mailtrap_transport, Source(sqlite_url),
+                sqlite_url.replace(".db", "-s.db"))
     try:
         h.source.insert(range(1, 11))
         h.source.insert([11], email=None)
@@ -196,7 +199,8 @@ def test_invalid_and_duplicate_rows_are_recorded_not_sent(
         assert result.counts["invalid"] == 2
         assert result.counts["duplicate"] == 1
         assert len(double.contacts()) == 10
-        reasons = {r.source_key: (str(r.kind), r.reason) for r in h.store.list_rejections("customers")}
+        reasons = {r.source_key: (str(r.kind), r.reason)
+                   for r in h.store.list_rejections("customers")}
         assert reasons["11"][0] == "invalid_email"
         assert "missing" in reasons["11"][1]
         assert reasons["13"][0] == "duplicate"
@@ -208,7 +212,8 @@ def test_invalid_and_duplicate_rows_are_recorded_not_sent(
 def test_email_change_takes_old_address_out_of_lists(
         sqlite_url: str, double: MailtrapDouble, mailtrap_transport: ValidatingTransport) -> None:
     """When a key's email changes, the old contact leaves the pipeline's lists."""
-    h = Harness(double, mailtrap_transport, Source(sqlite_url), sqlite_url.replace(".db", "-s.db"))
+    h = Harness(double, mailtrap_transport, Source(sqlite_url),
+                sqlite_url.replace(".db", "-s.db"))
     try:
         h.source.insert(range(1, 4))
         h.run()
@@ -225,7 +230,8 @@ def test_email_change_takes_old_address_out_of_lists(
 def test_missing_mapped_column_is_a_config_error(
         sqlite_url: str, double: MailtrapDouble, mailtrap_transport: ValidatingTransport) -> None:
     """A mapped source column that does not exist fails the run with an error naming it."""
-    h = Harness(double, mailtrap_transport, Source(sqlite_url), sqlite_url.replace(".db", "-s.db"))
+    h = Harness(double, mailtrap_transport, Source(sqlite_url),
+                sqlite_url.replace(".db", "-s.db"))
     try:
         h.source.insert(range(1, 3))
         with h.source.engine.begin() as conn:

@@ -63,7 +63,7 @@ def test_documented_file_loads_as_written(tmp_path: Path) -> None:
 
 
 def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """MAILTRAP_ACCOUNT_ID, MAILTRAP_API_URL, MAILTRAP_SYNC_STATE_URL and the token come from env."""
+    """MAILTRAP_ACCOUNT_ID, _API_URL, MAILTRAP_SYNC_STATE_URL and the token come from env."""
     monkeypatch.setenv("MAILTRAP_ACCOUNT_ID", "2002")
     monkeypatch.setenv("MAILTRAP_API_URL", "http://127.0.0.1:9/")
     monkeypatch.setenv("MAILTRAP_SYNC_STATE_URL", "postgresql+psycopg://u@h/db")
@@ -90,7 +90,8 @@ def test_env_references_in_urls_are_expanded(tmp_path: Path,
     monkeypatch.setenv("CRM_PASSWORD", "pw")
     text = DOCUMENTED.replace("crm@db/crm", "crm:${CRM_PASSWORD}@db/crm")
     settings = load_settings(_write(tmp_path, text))
-    assert settings.pipelines[0].source.url == "postgresql+psycopg://crm:pw@db/crm"  # type: ignore[attr-defined]
+    source = settings.pipelines[0].source
+    assert source.url == "postgresql+psycopg://crm:pw@db/crm"  # type: ignore[attr-defined]
 
 
 def test_unset_env_reference_names_variable_and_pipeline(tmp_path: Path) -> None:

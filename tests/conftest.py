@@ -2,8 +2,9 @@
 
 PostgreSQL and MariaDB come from ``MAILTRAP_SYNC_TEST_PG_URL`` and
 ``MAILTRAP_SYNC_TEST_MARIADB_URL`` (server URLs; each test gets a database of its own on that
-server). Without them those tests skip with a reason; with ``MAILTRAP_SYNC_REQUIRE_DBS=1`` (as ``.ci/run`` sets) a missing server fails
-instead, because in CI a skipped integration test is a failure.
+server). Without them those tests skip with a reason; with ``MAILTRAP_SYNC_REQUIRE_DBS=1`` (as
+``.ci/run`` sets) a missing server fails instead, because in CI a skipped integration test is a
+failure.
 """
 
 from __future__ import annotations

@@ -10,10 +10,12 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import wraps
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 import orjson
+from sqlalchemy.engine import make_url
 
 from sync_service import __version__, report
 from sync_service.errors import ConfigError, PipelineBusy, SyncError
@@ -164,7 +166,9 @@ def plan(ctx: click.Context, pipeline: str, sample: int, as_json: bool) -> None:
     """Dry run: what a sync of PIPELINE would send now. Sends and writes nothing."""
     settings = _settings(ctx)
     chosen = settings.pipeline(pipeline)
-    store = StateStore.from_url(settings.state.url)
+    # A state store that does not exist yet reads as empty; opening it would create the file.
+    store = StateStore.from_url("sqlite://" if _missing_sqlite(settings.state.url)
+                                else settings.state.url)
     try:
         state = report.ReadOnlyState(store)
         with build_client(settings) as client:
@@ -176,6 +180,14 @@ def plan(ctx: click.Context, pipeline: str, sample: int, as_json: bool) -> None:
         click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     else:
         report.print_plan(result)
+
+
+def _missing_sqlite(url: str) -> bool:
+    parsed = make_url(url)
+    path = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not path or path == ":memory:":
+        return False
+    return not Path(path).exists()
 
 
 @cli.command()

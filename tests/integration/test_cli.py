@@ -136,6 +136,7 @@ def test_plan_on_a_new_state_store_creates_nothing(workdir: tuple[Path, Source],
     assert plan["counts"]["created"] == 100
     assert plan["lists_to_create"] == ["Customers"]
     assert double.lists() == {}
+    assert not (config.parent / "state.db").exists()
     assert [r for r in double.requests() if r.is_write] == []
 
 

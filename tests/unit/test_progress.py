@@ -1,0 +1,50 @@
+"""Reading progress: a live bar on a terminal, periodic structured log lines otherwise."""
+
+from __future__ import annotations
+
+import io
+
+import orjson
+
+from sync_service.logging import configure
+from sync_service.runtime import ProgressObserver
+
+
+def test_off_a_terminal_progress_is_logged_as_json_lines() -> None:
+    """Without a terminal, progress goes to `read.progress` log lines with the running count."""
+    stream = io.StringIO()
+    configure(json=True, stream=stream)
+    with ProgressObserver(interactive=False, every_s=0) as observer:
+        observer.records_read("customers", 2_000)
+        observer.records_read("customers", 500)
+    events = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    progress = [e for e in events if e["event"] == "read.progress"]
+    assert [e["records"] for e in progress] == [2_000, 2_500]
+    assert all(e["pipeline"] == "customers" for e in progress)
+
+
+def test_on_a_terminal_a_bar_counts_records() -> None:
+    """On a terminal, a rich progress task counts the records read per pipeline."""
+    with ProgressObserver(interactive=True) as observer:
+        observer.records_read("customers", 1_000)
+        observer.records_read("customers", 234)
+        task = observer._progress.tasks[0]
+    assert task.description == "customers"
+    assert task.completed == 1_234
+
+
+def test_log_lines_redact_registered_secrets_and_url_passwords() -> None:
+    """The API token and passwords inside URLs never reach a log line."""
+    from sync_service.logging import register_secret
+
+    stream = io.StringIO()
+    configure(json=True, stream=stream)
+    register_secret("tok-very-secret-1")
+    import structlog
+
+    structlog.get_logger("t").info("x.event", token="tok-very-secret-1",
+                                   url="postgresql://crm:hunter22@db/crm")
+    line = stream.getvalue()
+    assert "tok-very-secret-1" not in line
+    assert "hunter22" not in line
+    assert "postgresql://crm:***@db/crm" in line

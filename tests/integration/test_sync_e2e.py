@@ -35,6 +35,16 @@ def state_url(request: pytest.FixtureRequest) -> str:
     return url
 
 
+@pytest.fixture
+def h(sqlite_url: str, double: MailtrapDouble,
+      mailtrap_transport: ValidatingTransport) -> Iterator[Harness]:
+    """A pipeline over a SQLite source, state in another SQLite file."""
+    harness = Harness(double, mailtrap_transport, Source(sqlite_url),
+                      sqlite_url.replace(".db", "-s.db"))
+    yield harness
+    harness.close()
+
+
 def test_run_twice_sends_only_changes(harness: Harness) -> None:
     """Run 1 creates every contact; after 10 edits run 2 sends exactly those; run 3 nothing."""
     harness.source.insert(range(1, 201))
@@ -167,78 +177,55 @@ def test_crash_mid_import_loses_nothing(crash_on: str, sqlite_url: str,
         h.close()
 
 
-def test_backfill_skips_unchanged_unless_resend(sqlite_url: str, double: MailtrapDouble,
-                                                mailtrap_transport: ValidatingTransport) -> None:
+def test_backfill_skips_unchanged_unless_resend(h: Harness) -> None:
     """Backfill re-reads everything but sends only changes; --resend sends everything."""
-    h = Harness(double, mailtrap_transport, Source(sqlite_url),
-                sqlite_url.replace(".db", "-s.db"))
-    try:
-        h.source.insert(range(1, 101))
-        h.run()
-        plain = h.run(RunKind.BACKFILL)
-        assert plain.counts["read"] == 100
-        assert plain.counts.get("imports", 0) == 0
-        resent = h.run(RunKind.BACKFILL, resend=True)
-        assert resent.counts["updated"] == 100
-        assert resent.counts["imports"] == 1
-    finally:
-        h.close()
+    h.source.insert(range(1, 101))
+    h.run()
+    plain = h.run(RunKind.BACKFILL)
+    assert plain.counts["read"] == 100
+    assert plain.counts.get("imports", 0) == 0
+    resent = h.run(RunKind.BACKFILL, resend=True)
+    assert resent.counts["updated"] == 100
+    assert resent.counts["imports"] == 1
 
 
-def test_invalid_and_duplicate_rows_are_recorded_not_sent(
-        sqlite_url: str, double: MailtrapDouble, mailtrap_transport: ValidatingTransport) -> None:
+def test_invalid_and_duplicate_rows_are_recorded_not_sent(h: Harness,
+                                                          double: MailtrapDouble) -> None:
     """Rows without a valid email, and a second key with a taken email, are recorded, not sent."""
-    h = Harness(double, mailtrap_transport, Source(sqlite_url),
-                sqlite_url.replace(".db", "-s.db"))
-    try:
-        h.source.insert(range(1, 11))
-        h.source.insert([11], email=None)
-        h.source.insert([12], email="not an email")
-        h.source.insert([13], email="  USER3@Example.com ")  # key 3 owns this address
-        result = h.run()
-        assert result.counts["invalid"] == 2
-        assert result.counts["duplicate"] == 1
-        assert len(double.contacts()) == 10
-        reasons = {r.source_key: (str(r.kind), r.reason)
-                   for r in h.store.list_rejections("customers")}
-        assert reasons["11"][0] == "invalid_email"
-        assert "missing" in reasons["11"][1]
-        assert reasons["13"][0] == "duplicate"
-        assert "source key 3" in reasons["13"][1]
-    finally:
-        h.close()
+    h.source.insert(range(1, 11))
+    h.source.insert([11], email=None)
+    h.source.insert([12], email="not an email")
+    h.source.insert([13], email="  USER3@Example.com ")  # key 3 owns this address
+    result = h.run()
+    assert result.counts["invalid"] == 2
+    assert result.counts["duplicate"] == 1
+    assert len(double.contacts()) == 10
+    reasons = {r.source_key: (str(r.kind), r.reason)
+               for r in h.store.list_rejections("customers")}
+    assert reasons["11"][0] == "invalid_email"
+    assert "missing" in reasons["11"][1]
+    assert reasons["13"][0] == "duplicate"
+    assert "source key 3" in reasons["13"][1]
 
 
-def test_email_change_takes_old_address_out_of_lists(
-        sqlite_url: str, double: MailtrapDouble, mailtrap_transport: ValidatingTransport) -> None:
+def test_email_change_takes_old_address_out_of_lists(h: Harness, double: MailtrapDouble) -> None:
     """When a key's email changes, the old contact leaves the pipeline's lists."""
-    h = Harness(double, mailtrap_transport, Source(sqlite_url),
-                sqlite_url.replace(".db", "-s.db"))
-    try:
-        h.source.insert(range(1, 4))
-        h.run()
-        h.source.update([2], at=T0 + timedelta(hours=1), email="moved@example.com")
-        assert h.run().counts["email_changed"] == 1
-        contacts = double.contacts()
-        assert contacts["user2@example.com"].list_ids == frozenset()
-        assert contacts["moved@example.com"].list_ids != frozenset()
-        assert h.store.get_contacts("customers", ["2"])["2"].email == "moved@example.com"
-    finally:
-        h.close()
+    h.source.insert(range(1, 4))
+    h.run()
+    h.source.update([2], at=T0 + timedelta(hours=1), email="moved@example.com")
+    assert h.run().counts["email_changed"] == 1
+    contacts = double.contacts()
+    assert contacts["user2@example.com"].list_ids == frozenset()
+    assert contacts["moved@example.com"].list_ids != frozenset()
+    assert h.store.get_contacts("customers", ["2"])["2"].email == "moved@example.com"
 
 
-def test_missing_mapped_column_is_a_config_error(
-        sqlite_url: str, double: MailtrapDouble, mailtrap_transport: ValidatingTransport) -> None:
+def test_missing_mapped_column_is_a_config_error(h: Harness, double: MailtrapDouble) -> None:
     """A mapped source column that does not exist fails the run with an error naming it."""
-    h = Harness(double, mailtrap_transport, Source(sqlite_url),
-                sqlite_url.replace(".db", "-s.db"))
-    try:
-        h.source.insert(range(1, 3))
-        with h.source.engine.begin() as conn:
-            conn.execute(sa.text("ALTER TABLE customers DROP COLUMN last_name"))
-        result = h.run()
-        assert result.outcome is RunOutcome.FAILED
-        assert "last_name" in (result.error or "")
-        assert double.contacts() == {}
-    finally:
-        h.close()
+    h.source.insert(range(1, 3))
+    with h.source.engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE customers DROP COLUMN last_name"))
+    result = h.run()
+    assert result.outcome is RunOutcome.FAILED
+    assert "last_name" in (result.error or "")
+    assert double.contacts() == {}

@@ -267,7 +267,7 @@ def run(ctx: click.Context) -> None:
     settings = _settings(ctx)
     _select(settings, ())
     with stop_on_signals() as stop:
-        sys.exit(Daemon(settings, stop=stop).run())
+        sys.exit(Daemon(settings, stop=stop, exit_hard=True).run())
 
 
 @cli.command()

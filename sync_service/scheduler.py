@@ -1,50 +1,64 @@
 """The daemon (`mailtrap-sync run`): APScheduler 3 runs each pipeline on its own schedule.
 
 Contract:
-- each pipeline runs on its ``schedule`` (cron) or ``every`` (interval; default
-  ``[daemon] every``), with jitter, never overlapping itself (``max_instances=1``), missed runs
-  coalesced into one, and a run later than the misfire grace skipped;
-- every run takes the pipeline's lease in the state store, so replicas sharing a PostgreSQL state
-  store never run one pipeline twice at once; a busy pipeline is logged and counted, not failed;
-- a failing run is logged and recorded and the daemon carries on; after ``failure_threshold``
-  failures in a row the pipeline pauses, for ``failure_backoff`` doubling up to the maximum;
-- SIGTERM/SIGINT stop scheduling, ask running passes to stop after their current step (they
-  commit what is confirmed), and the process exits 0 within the grace period (1 if work was
-  still running when it ran out);
-- ``/healthz``, ``/readyz`` and ``/metrics`` are served on ``[web] listen``.
+- a pipeline runs on its ``schedule`` (a crontab line, in UTC, meaning what it means to cron:
+  Sunday = 0 or 7; both day fields restricted = either matches) or ``every`` (default
+  ``[daemon] every``), with jitter, never overlapping itself, missed runs coalesced into one,
+  and a run later than the misfire grace skipped;
+- every run takes the pipeline's lease, so replicas sharing a PostgreSQL state store never run
+  one pipeline twice at once; a busy pipeline is logged and counted, not failed;
+- a failing run is logged and recorded and the daemon carries on; ``failure_threshold`` failures
+  in a row pause the pipeline (``Backoff``);
+- a SQLite state store serves one daemon, which keeps a claim on it renewed. Another daemon
+  watches the claim: renewed, it refuses (``ConfigError``, exit 2); lapsed (its holder died), it
+  takes it over;
+- SIGTERM/SIGINT stop scheduling; running passes stop after their current step and commit; the
+  result is 0 within the grace period, else 1, and with ``exit_hard`` (the CLI) the process then
+  ends at once rather than wait for the step (write-ahead state makes that safe);
+- ``/healthz``, ``/readyz`` and ``/metrics`` are served on ``[web] listen``;
+- APScheduler's plain-text log records are muted (they would break the JSON lines); what they say
+  is logged as events: ``run.skipped_overlap``, ``run.missed``, ``run.crashed``.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import random
 import re
+import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import structlog
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from sync_service.errors import PipelineBusy, SyncError
+from sync_service.errors import ConfigError, PipelineBusy, SyncError
 from sync_service.job import RunResult, SyncJob, new_owner
 from sync_service.mailtrap.client import MailtrapClient
 from sync_service.metrics import Metrics
 from sync_service.models import ImportResult, RunKind, RunOutcome
-from sync_service.runtime import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, build_client, open_store
-from sync_service.settings import AppSettings, PipelineSettings, parse_duration
+from sync_service.runtime import EXIT_FAILED, EXIT_OK, build_client, open_store
+from sync_service.settings import AppSettings, DaemonSettings, PipelineSettings, parse_duration
 from sync_service.state import StateStore
 from sync_service.web import WebServer, create_app, parse_listen
 
 log = structlog.get_logger(__name__)
-DAEMON_LEASE = "__daemon__"
+DAEMON_LEASE = "__daemon__"  # the SQLite claim; pipeline names cannot start with "_"
+CLAIM_TTL_S, CLAIM_RENEW_S, CLAIM_POLL_S = 30.0, 5.0, 0.5
 READY_CACHE_S = 30.0
+MAX_PARALLEL_RUNS = 4  # memory grows with concurrent batches; the API budget is shared anyway
 
 
 class MetricsObserver:
@@ -64,37 +78,61 @@ class MetricsObserver:
         self.metrics.request_done(group, status)
 
 
-@dataclass
-class _Health:
-    failures: int = 0
-    paused_until: float = 0.0
+# crontab --------------------------------------------------------------------------------------
+_MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
+           "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
+           "@hourly": "0 * * * *"}
+_DOW_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_DOW_TERM = re.compile(r"^(?:(\*)|([0-9]+|[a-z]{3})(?:-([0-9]+|[a-z]{3}))?)(?:/([0-9]+))?$", re.I)
 
 
-_DOW_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_DOW_NUMBER = re.compile(r"(?<![/\d])\d+")
+def _weekday_number(token: str) -> int:
+    if token.isdigit():
+        if int(token) > 7:
+            raise ValueError(f"day of week {token} is not 0-7")
+        return int(token)
+    if token.lower() not in _DOW_NAMES:
+        raise ValueError(f"day of week {token!r} is not a day name (sun..sat)")
+    return _DOW_NAMES.index(token.lower())
 
 
-def crontab_trigger(expression: str, *, jitter: float | None = None) -> CronTrigger:
-    """A CronTrigger from a standard 5-field crontab line.
+def crontab_weekdays(field: str) -> list[int]:
+    """The days a crontab day-of-week field names, sorted, Sunday = 0 (``7`` is Sunday too)."""
+    days: set[int] = set()
+    for term in field.split(","):
+        match = _DOW_TERM.match(term)
+        if not match:
+            raise ValueError(f"day of week {term!r} is not understood")
+        star, first, last, step = match.groups()
+        low = 0 if star else _weekday_number(first)
+        high = 6 if star else _weekday_number(last) if last else 7 if step else low
+        if low > high:
+            raise ValueError(f"day-of-week range {term!r} runs backwards")
+        if step is not None and int(step) < 1:
+            raise ValueError(f"day-of-week step in {term!r} must be at least 1")
+        days.update(day % 7 for day in range(low, high + 1, int(step or 1)))
+    return sorted(days)
 
-    APScheduler 3 numbers weekdays from Monday = 0, crontab from Sunday = 0 (7 too), so numeric
-    day-of-week values are turned into names first: ``0 9 * * 1-5`` means Monday to Friday here
-    as it does in crontab.
+
+def crontab_trigger(expression: str, *, jitter: float | None = None) -> BaseTrigger:
+    """A trigger (UTC) from a 5-field crontab line or ``@hourly``/``@daily``/``@weekly``/....
+
+    APScheduler 3 numbers weekdays from Monday = 0, so the day-of-week field is turned into day
+    names first; and where it ANDs day-of-month with day-of-week, cron ORs them when both are
+    restricted (neither starts with ``*``), so that case becomes an ``OrTrigger``.
     """
-    fields = expression.split()
+    line = _MACROS.get(expression.strip().lower(), expression)
+    fields = line.split()
     if len(fields) != 5:
         raise ValueError(f"{expression!r} has {len(fields)} fields; crontab lines have 5")
     minute, hour, day, month, dow = fields
-
-    def name(match: re.Match[str]) -> str:
-        number = int(match.group(0))
-        if number > 7:
-            raise ValueError(f"day of week {number} is not 0-7")
-        return _DOW_NAMES[number]
-
-    return CronTrigger(minute=minute, hour=hour, day=day, month=month,
-                       day_of_week=_DOW_NUMBER.sub(name, dow), timezone=UTC,
-                       jitter=int(jitter) if jitter else None)
+    days = "*" if dow == "*" else ",".join(_DOW_NAMES[d] for d in crontab_weekdays(dow))
+    common: dict[str, Any] = {"minute": minute, "hour": hour, "month": month, "timezone": UTC}
+    spread = jitter or None
+    if day.startswith("*") or dow.startswith("*"):
+        return CronTrigger(day=day, day_of_week=days, jitter=spread, **common)
+    return OrTrigger([CronTrigger(day=day, **common), CronTrigger(day_of_week=days, **common)],
+                     jitter=spread)
 
 
 def trigger_for(pipeline: PipelineSettings, settings: AppSettings) -> BaseTrigger:
@@ -106,91 +144,201 @@ def trigger_for(pipeline: PipelineSettings, settings: AppSettings) -> BaseTrigge
                                jitter=10.0 if configured is None else configured)
     interval = parse_duration(pipeline.every or daemon.every)
     jitter = min(interval * 0.1, 30.0) if configured is None else configured
-    return IntervalTrigger(seconds=interval, timezone=UTC, jitter=int(jitter) or None)
+    return IntervalTrigger(seconds=interval, timezone=UTC, jitter=jitter or None)
 
 
+# failure backoff ------------------------------------------------------------------------------
+class Backoff:
+    """One pipeline's failures in a row, and the pause they have earned.
+
+    From the ``threshold``-th failure in a row the pipeline pauses for ``first`` seconds, doubled
+    with each further failure, at most ``maximum``; ±10 % jitter keeps replicas out of step. A
+    success resets it.
+    """
+
+    def __init__(self, threshold: int, first: float, maximum: float, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 spread: Callable[[], float] = lambda: random.uniform(0.9, 1.1),  # noqa: S311
+                 ) -> None:
+        self.threshold, self.first, self.maximum = threshold, first, maximum
+        self.failures = 0
+        self._clock, self._spread = clock, spread
+        self._until = 0.0
+
+    @classmethod
+    def from_settings(cls, daemon: DaemonSettings, *,
+                      clock: Callable[[], float] = time.monotonic) -> Backoff:
+        return cls(daemon.failure_threshold, parse_duration(daemon.failure_backoff),
+                   parse_duration(daemon.failure_backoff_max), clock=clock)
+
+    def remaining(self) -> float:
+        """Seconds until the pipeline may run again (0 when it is not paused)."""
+        return max(0.0, self._until - self._clock())
+
+    def failed(self) -> float:
+        """Count a failure; returns the pause it starts, in seconds (0 below the threshold)."""
+        self.failures += 1
+        over = self.failures - self.threshold
+        if over < 0:
+            return 0.0
+        pause = min(self.first * 2.0 ** min(over, 32) * self._spread(), self.maximum)
+        self._until = self._clock() + pause
+        return pause
+
+    def succeeded(self) -> None:
+        self.failures, self._until = 0, 0.0
+
+
+# the daemon -----------------------------------------------------------------------------------
 class Daemon:
-    """Schedules every configured pipeline until told to stop."""
+    """Schedules every configured pipeline until ``stop`` is set."""
 
     def __init__(self, settings: AppSettings, *, stop: threading.Event,
-                 transport: Any = None) -> None:
+                 transport: httpx.BaseTransport | None = None, exit_hard: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.stop = stop
+        self.exit_hard = exit_hard
         self.owner = new_owner()
         self.metrics = Metrics()
         self.observer = MetricsObserver(self.metrics)
+        self.backoff = {p.name: Backoff.from_settings(settings.daemon, clock=clock)
+                        for p in settings.pipelines}
         self._transport = transport
-        self._health: dict[str, _Health] = {p.name: _Health() for p in settings.pipelines}
         self._scheduler: BackgroundScheduler | None = None
         self._ready_cache: tuple[float, str | None] = (0.0, None)
+        self._running: set[str] = set()
 
     def run(self) -> int:
-        store = open_store(self.settings)
-        client = build_client(self.settings, transport=self._transport, observer=self.observer)
-        try:
+        """Serve until stopped; the exit code. ConfigError if a SQLite store has its daemon."""
+        with self.services() as (store, client):
             if not self._claim_sqlite(store):
-                return EXIT_CONFIG
-            return self._serve(store, client)
-        finally:
-            client.close()
-            store.release_lease(DAEMON_LEASE, self.owner)
-            store.close()
-
-    def _claim_sqlite(self, store: StateStore) -> bool:
-        """SQLite serves one process: refuse to share it with another daemon, saying so."""
-        if store.engine.dialect.name != "sqlite":
-            return True
-        if store.acquire_lease(DAEMON_LEASE, self.owner, 90.0):
-            return True
-        holder = store.lease_holder(DAEMON_LEASE)
-        log.error("daemon.sqlite_shared", holder=holder[0] if holder else None,
-                  hint="SQLite state stores serve one daemon; use PostgreSQL for replicas")
-        return False
-
-    def _serve(self, store: StateStore, client: MailtrapClient) -> int:
-        web = self._start_web(store, client)
-        scheduler = BackgroundScheduler(
-            timezone=UTC,
-            executors={"default": ThreadPoolExecutor(max(1, min(4, len(self._health))))},
-            job_defaults={"coalesce": True, "max_instances": 1,
-                          "misfire_grace_time": int(parse_duration(
-                              self.settings.daemon.misfire_grace)) or None},
-        )
-        for pipeline in self.settings.pipelines:
-            scheduler.add_job(self._tick, trigger_for(pipeline, self.settings),
-                              args=[pipeline, store, client], id=pipeline.name,
-                              name=pipeline.name, next_run_time=datetime.now(UTC))
-        if store.engine.dialect.name == "sqlite":
-            scheduler.add_job(store.renew_lease, IntervalTrigger(seconds=30),
-                              args=[DAEMON_LEASE, self.owner, 90.0], id=DAEMON_LEASE)
-        self._scheduler = scheduler
-        scheduler.start()
-        log.info("daemon.started", pipelines=[p.name for p in self.settings.pipelines],
-                 listen=self.settings.web.listen if web else None)
-        self.stop.wait()
-        code = self._shutdown(scheduler)
-        if web is not None:
-            web.stop(timeout=5.0)
+                return EXIT_OK  # stopped while waiting for the claim
+            try:
+                code = self._serve(store, client)
+            finally:
+                if store.engine.dialect.name == "sqlite":
+                    store.release_lease(DAEMON_LEASE, self.owner)
+        if code != EXIT_OK and self.exit_hard:
+            sys.stderr.flush()
+            os._exit(code)  # worker threads still in a step would keep the process alive
         return code
 
-    def _shutdown(self, scheduler: BackgroundScheduler) -> int:
-        grace = parse_duration(self.settings.daemon.grace_period)
-        log.info("daemon.stopping", grace_s=grace)
-        done = threading.Thread(target=scheduler.shutdown, kwargs={"wait": True}, daemon=True)
+    @contextmanager
+    def services(self) -> Iterator[tuple[StateStore, MailtrapClient]]:
+        """The state store and Mailtrap client that every pass shares; closed at the end."""
+        with ExitStack() as stack:
+            client = stack.enter_context(build_client(
+                self.settings, transport=self._transport, observer=self.observer))
+            store = open_store(self.settings)
+            stack.callback(store.close)
+            yield store, client
+
+    # SQLite: one daemon per state store ----------------------------------------------------
+    def _claim_sqlite(self, store: StateStore) -> bool:
+        """Claim a SQLite store for this daemon; False if stopped while waiting.
+
+        A claim held elsewhere is watched: renewed means its daemon is alive (ConfigError); a
+        claim that lapses belonged to a daemon that died, and is taken over.
+        """
+        if store.engine.dialect.name != "sqlite":
+            return True
+        first_seen: tuple[str, datetime] | None = None
+        deadline = time.monotonic() + CLAIM_TTL_S + CLAIM_RENEW_S
+        while not store.acquire_lease(DAEMON_LEASE, self.owner, CLAIM_TTL_S):
+            holder = store.lease_holder(DAEMON_LEASE)
+            if first_seen is None and holder is not None:
+                first_seen = holder
+                log.warning("daemon.sqlite_claimed", holder=holder[0],
+                            hint="waiting to see whether that daemon is alive")
+            elif holder is not None and (holder != first_seen or time.monotonic() > deadline):
+                raise ConfigError(
+                    f"another mailtrap-sync daemon ({holder[0]}) is using this SQLite state "
+                    "store, and SQLite serves one process: stop that one, or use PostgreSQL "
+                    "([state] url) to run several replicas")
+            if self.stop.wait(CLAIM_POLL_S):
+                return False
+        if first_seen is not None:
+            log.warning("daemon.sqlite_taken_over", previous=first_seen[0])
+        return True
+
+    def _renew_claim(self, store: StateStore) -> None:
+        try:
+            if not store.renew_lease(DAEMON_LEASE, self.owner, CLAIM_TTL_S):
+                log.error("daemon.sqlite_claim_lost",
+                          hint="another daemon took over this SQLite state store")
+        except SyncError as exc:
+            log.warning("daemon.sqlite_claim_renew_failed", error=str(exc))
+
+    # serving -----------------------------------------------------------------------------------
+    def _serve(self, store: StateStore, client: MailtrapClient) -> int:
+        web = self._start_web(store, client)
+        deadline: float | None = None
+        try:
+            _mute_apscheduler()
+            scheduler = self._scheduler = self.build_scheduler(store, client)
+            scheduler.start()
+            log.info("daemon.started", pipelines=[p.name for p in self.settings.pipelines],
+                     listen=self.settings.web.listen if web else None,
+                     state_store=store.engine.dialect.name)
+            self.stop.wait()
+            grace = parse_duration(self.settings.daemon.grace_period)
+            deadline = time.monotonic() + grace
+            return self._shutdown(scheduler, grace, deadline)
+        finally:
+            if web is not None:
+                left = 5.0 if deadline is None else deadline - time.monotonic()
+                web.stop(timeout=max(1.0, min(5.0, left)))
+
+    def build_scheduler(self, store: StateStore, client: MailtrapClient) -> BackgroundScheduler:
+        """The scheduler with every pipeline's job (and the SQLite claim's renewal), unstarted."""
+        workers = max(1, min(MAX_PARALLEL_RUNS, len(self.settings.pipelines)))
+        scheduler = BackgroundScheduler(timezone=UTC, executors={
+            "default": ThreadPoolExecutor(workers, {"thread_name_prefix": "run"}),
+            "housekeeping": ThreadPoolExecutor(1, {"thread_name_prefix": "housekeeping"}),
+        })
+        scheduler.add_listener(self._on_event,
+                               EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_ERROR)
+        grace = max(1, round(parse_duration(self.settings.daemon.misfire_grace)))
+        for pipeline in self.settings.pipelines:
+            scheduler.add_job(self.tick, trigger_for(pipeline, self.settings),
+                              args=[pipeline, store, client], id=pipeline.name,
+                              name=pipeline.name, next_run_time=datetime.now(UTC),
+                              max_instances=1, coalesce=True, misfire_grace_time=grace)
+        if store.engine.dialect.name == "sqlite":  # its own thread: runs must not starve it
+            scheduler.add_job(self._renew_claim, IntervalTrigger(seconds=CLAIM_RENEW_S),
+                              args=[store], id=DAEMON_LEASE, executor="housekeeping")
+        return scheduler
+
+    def _shutdown(self, scheduler: BackgroundScheduler, grace: float, deadline: float) -> int:
+        log.info("daemon.stopping", grace_s=grace, running=sorted(self._running.copy()))
+        done = threading.Thread(target=scheduler.shutdown, kwargs={"wait": True}, daemon=True,
+                                name="scheduler-shutdown")
         done.start()
-        done.join(grace)
+        done.join(max(0.0, deadline - time.monotonic()))
         if done.is_alive():
-            log.error("daemon.grace_expired", grace_s=grace)
+            log.error("daemon.grace_expired", grace_s=grace, running=sorted(self._running.copy()))
             return EXIT_FAILED
         log.info("daemon.stopped")
         return EXIT_OK
+
+    def _on_event(self, event: Any) -> None:
+        """APScheduler's notices as structured events (its own log records are muted)."""
+        if event.code == EVENT_JOB_MAX_INSTANCES:
+            log.info("run.skipped_overlap", pipeline=event.job_id,
+                     reason="the previous run is still going")
+        elif event.code == EVENT_JOB_MISSED:
+            log.warning("run.missed", pipeline=event.job_id,
+                        scheduled_at=event.scheduled_run_time.isoformat())
+        elif event.code == EVENT_JOB_ERROR:
+            log.error("run.crashed", pipeline=event.job_id, error=repr(event.exception))
 
     def _start_web(self, store: StateStore, client: MailtrapClient) -> WebServer | None:
         if not self.settings.web.enabled:
             return None
         host, port = parse_listen(self.settings.web.listen)
-        app = create_app(self.metrics, self._alive, self._ready_checks(store, client))
-        web = WebServer(app, host, port)
+        web = WebServer(create_app(self.metrics, self._alive, self._ready_checks(store, client)),
+                        host, port)
         web.start()
         return web
 
@@ -203,7 +351,7 @@ class Daemon:
 
         def state_store() -> str | None:
             try:
-                store.pipelines()
+                store.lease_holder(DAEMON_LEASE)  # one primary-key read: cheap at any size
             except SyncError as exc:
                 return str(exc)
             return None
@@ -212,7 +360,7 @@ class Daemon:
             checked_at, error = self._ready_cache
             if time.monotonic() - checked_at > READY_CACHE_S or error is not None:
                 try:
-                    client.resolve_account()
+                    client.resolve_account()  # the token against the account, one request
                     error = None
                 except SyncError as exc:
                     error = str(exc)
@@ -222,30 +370,37 @@ class Daemon:
         return {"state_store": state_store, "mailtrap": mailtrap}
 
     # one scheduled pass ----------------------------------------------------------------------
-    def _tick(self, pipeline: PipelineSettings, store: StateStore,
-              client: MailtrapClient) -> None:
-        health = self._health[pipeline.name]
+    def tick(self, pipeline: PipelineSettings, store: StateStore,
+             client: MailtrapClient) -> RunResult | None:
+        """One scheduled pass of ``pipeline``, unless stopping, paused, or leased elsewhere."""
+        backoff = self.backoff[pipeline.name]
         if self.stop.is_set():
-            return
-        if time.monotonic() < health.paused_until:
-            log.info("run.skipped_backoff", pipeline=pipeline.name,
-                     resumes_in_s=round(health.paused_until - time.monotonic()))
-            return
+            return None
+        if (remaining := backoff.remaining()) > 0:
+            log.info("run.skipped_backoff", pipeline=pipeline.name, failures=backoff.failures,
+                     resumes_in_s=round(remaining))
+            return None
         job = SyncJob(settings=self.settings, pipeline=pipeline, store=store, client=client,
                       stop=self.stop, owner=self.owner, observer=self.observer)
+        self._running.add(pipeline.name)
         try:
             result = job.run(RunKind.SYNC)
         except PipelineBusy as exc:
             log.info("run.busy", pipeline=pipeline.name, reason=str(exc))
             self.metrics.run_finished(pipeline.name, "busy", 0.0, {})
-            return
-        except SyncError as exc:  # the state store itself failed before the run was recorded
-            log.error("run.not_started", pipeline=pipeline.name, error=str(exc))
-            self._note_failure(pipeline.name, health)
-            return
-        self._after(result, store, health)
+            return None
+        except Exception as exc:  # the run could not be started or recorded (state store down)
+            log.error("run.not_started", pipeline=pipeline.name, error=str(exc),
+                      exc_info=not isinstance(exc, SyncError))
+            self.metrics.run_finished(pipeline.name, "failed", 0.0, {})
+            self._failed(pipeline.name, backoff)
+            return None
+        finally:
+            self._running.discard(pipeline.name)
+        self._after(result, store, backoff)
+        return result
 
-    def _after(self, result: RunResult, store: StateStore, health: _Health) -> None:
+    def _after(self, result: RunResult, store: StateStore, backoff: Backoff) -> None:
         self.metrics.run_finished(result.pipeline, str(result.outcome), result.duration_s,
                                   result.counts)
         try:
@@ -256,18 +411,20 @@ class Daemon:
         except SyncError as exc:
             log.warning("metrics.state_unavailable", error=str(exc))
         if result.outcome is RunOutcome.FAILED:
-            self._note_failure(result.pipeline, health)
+            self._failed(result.pipeline, backoff)
         elif result.outcome is RunOutcome.SUCCEEDED:
-            health.failures = 0
+            backoff.succeeded()
 
-    def _note_failure(self, name: str, health: _Health) -> None:
-        daemon = self.settings.daemon
-        health.failures += 1
-        over = health.failures - daemon.failure_threshold
-        if over >= 0:
-            pause = min(parse_duration(daemon.failure_backoff) * 2 ** over,
-                        parse_duration(daemon.failure_backoff_max))
-            pause *= random.uniform(0.9, 1.1)  # noqa: S311 - jitter, not security
-            health.paused_until = time.monotonic() + pause
-            log.error("pipeline.backing_off", pipeline=name, failures=health.failures,
-                      pause_s=round(pause))
+    def _failed(self, name: str, backoff: Backoff) -> None:
+        pause = backoff.failed()
+        if pause > 0:
+            log.error("pipeline.backing_off", pipeline=name, failures=backoff.failures,
+                      pause_s=round(pause, 1))
+
+
+def _mute_apscheduler() -> None:
+    """APScheduler logs plain text; the daemon re-logs what matters as structured events."""
+    logger = logging.getLogger("apscheduler")
+    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+        logger.addHandler(logging.NullHandler())  # no "last resort" handler printing to stderr
+    logger.propagate = False

@@ -48,3 +48,16 @@ def test_log_lines_redact_registered_secrets_and_url_passwords() -> None:
     assert "tok-very-secret-1" not in line
     assert "hunter22" not in line
     assert "postgresql://crm:***@db/crm" in line
+
+
+def test_library_log_records_are_json_lines_too() -> None:
+    """A warning from a library using stdlib logging is rendered as one JSON object, redacted."""
+    import logging
+
+    stream = io.StringIO()
+    configure(json=True, stream=stream)
+    logging.getLogger("uvicorn.error").warning("cannot reach postgresql://u:pw12345@h/db")
+    event = orjson.loads(stream.getvalue().strip())
+    assert event["logger"] == "uvicorn.error"
+    assert event["level"] == "warning"
+    assert "pw12345" not in event["event"]

@@ -170,7 +170,7 @@ class PipelineSettings(_Section):
     @classmethod
     def _cron(cls, value: str | None) -> str | None:
         if value is not None:
-            from sync_service.scheduler import crontab_trigger  # noqa: PLC0415 - import cycle
+            from sync_service.crontab import crontab_trigger  # noqa: PLC0415 - only if used
 
             try:
                 crontab_trigger(value)

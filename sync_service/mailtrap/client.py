@@ -3,16 +3,31 @@
 It knows nothing of the state store. It takes an ``httpx`` transport (tests pass the in-process
 double), paces every request under Mailtrap's limits, retries what is retriable with exponential
 backoff and jitter (tenacity), and turns every answer it did not expect into a ``MailtrapError``.
-Which statuses are retriable is decided in exactly one place: ``_raise_for``.
+Which statuses are retriable is decided in exactly one place: ``_raise_for`` (429, 408 and 5xx);
+timeouts and dropped connections are retriable too. A 429's ``Retry-After`` (seconds or an HTTP
+date) is honoured, plus jitter, up to ``MAX_RETRY_AFTER``.
+
+Waits can be cut short: inside ``with client.stoppable(should_stop):`` a blocked permit or a
+retry back-off gives up as soon as ``should_stop()`` is true, raising ``MailtrapCancelled``
+(nothing more is sent), and ``wait_for_import`` returns None. A request already on the wire is
+not aborted.
+
+Creating a list is idempotent: a retry first looks for a list of that name, in case the failed
+attempt was carried out (a connection dropped after Mailtrap created it).
 
 Paths are account-scoped: ``/api/accounts/{account_id}/contacts/...``.
 """
 
 from __future__ import annotations
 
+import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -43,7 +58,16 @@ from sync_service.models import ImportResult
 
 log = structlog.get_logger(__name__)
 IMPORT_STATUSES = ("created", "started", "finished", "failed")
+MAX_RETRY_AFTER = 120.0  # seconds; no window of Mailtrap's is longer than 60 s
+STOP_CHECK_S = 0.2  # how often a wait looks at should_stop
 ResponseHook = Callable[[str, int], None]
+StopCheck = Callable[[], bool]
+# The stop check of the code running in this thread (see ``MailtrapClient.stoppable``).
+_should_stop: ContextVar[StopCheck | None] = ContextVar("mailtrap_should_stop", default=None)
+
+
+class MailtrapCancelled(MailtrapError):
+    """A wait (permit, back-off, poll) given up because the caller asked to stop."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +100,7 @@ class MailtrapClient:
         retry_initial: float = 0.5,
         retry_max: float = 30.0,
         on_response: ResponseHook | None = None,
+        sleep: Callable[[float], object] = time.sleep,
     ) -> None:
         self._http = httpx.Client(
             base_url=base_url,
@@ -90,9 +115,11 @@ class MailtrapClient:
         self._account_id = account_id
         self._pacer = pacer
         self._retries = max_retries
+        self._jitter = retry_initial * 2
         self._wait = wait_exponential_jitter(multiplier=retry_initial, max=retry_max,
-                                             jitter=retry_initial * 2)
+                                             jitter=self._jitter)
         self._on_response = on_response
+        self._sleep = sleep
 
     def close(self) -> None:
         self._http.close()
@@ -102,6 +129,15 @@ class MailtrapClient:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+    @contextmanager
+    def stoppable(self, should_stop: StopCheck) -> Iterator[None]:
+        """Within the block (in this thread), waits give up once ``should_stop()`` is true."""
+        token = _should_stop.set(should_stop)
+        try:
+            yield
+        finally:
+            _should_stop.reset(token)
 
     # accounts -----------------------------------------------------------------------------
     def accounts(self) -> list[dict[str, Any]]:
@@ -142,9 +178,20 @@ class MailtrapClient:
         return [ContactList(int(i["id"]), str(i["name"])) for i in _items(data, "lists")]
 
     def create_list(self, name: str) -> ContactList:
-        data = self._request("POST", "/contacts/lists", json={"name": name}, group="lists")
-        item = _object(data, "created list")
-        return ContactList(int(item["id"]), str(item["name"]))
+        """Create a list; a retry first re-lists, in case the failed attempt created it."""
+        url, account = self._url("/contacts/lists"), self.account_id
+        for attempt in self._retrying():
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    found = next((item for item in self.lists() if item.name == name), None)
+                    if found is not None:
+                        log.info("mailtrap.list_found_after_retry", list=name, list_id=found.id)
+                        return found
+                data = self._send("POST", url, group="lists", json={"name": name},
+                                  account=account)
+                item = _object(data, "created list")
+                return ContactList(int(item["id"]), str(item["name"]))
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     def fields(self) -> list[ContactField]:
         data = self._request("GET", "/contacts/fields", group="fields")
@@ -175,13 +222,14 @@ class MailtrapClient:
         interval: float = 2.0,
         max_interval: float = 30.0,
         timeout: float = 7200.0,
-        should_stop: Callable[[], bool] = lambda: False,
-        sleep: Callable[[float], object] = time.sleep,
+        should_stop: StopCheck | None = None,
     ) -> ImportResult | None:
-        """Poll until finished or failed; None if ``should_stop`` says so first.
+        """Poll until finished or failed; None if ``should_stop`` (or ``stoppable``'s) says so.
 
-        Raises MailtrapRetriable if the import is still running after ``timeout`` seconds.
+        Each poll is retried like any request. Raises MailtrapRetriable if the import is still
+        running after ``timeout`` seconds (its batch stays posted; a later run polls it again).
         """
+        stop = should_stop or _should_stop.get() or (lambda: False)
         deadline = time.monotonic() + timeout
         while True:
             result = self.get_import(import_id)
@@ -190,13 +238,8 @@ class MailtrapClient:
             if time.monotonic() + interval > deadline:
                 raise MailtrapRetriable(f"import {import_id} still {result.status} after "
                                         f"{timeout:.0f}s")
-            slept = 0.0
-            while slept < interval:
-                if should_stop():
-                    return None
-                step = min(0.2, interval - slept)
-                sleep(step)
-                slept += step
+            if not self._pause(interval, stop):
+                return None
             interval = min(interval * 1.5, max_interval)
 
     # contacts -------------------------------------------------------------------------------
@@ -215,26 +258,32 @@ class MailtrapClient:
                       json={"contact": dict(contact)}, group="contacts")
 
     # plumbing ---------------------------------------------------------------------------------
-    def _request(
-        self, method: str, path: str, *, group: str, json: Any = None, scoped: bool = True
-    ) -> Any:
-        account = self.account_id if scoped else None
-        url = f"/api/accounts/{account}{path}" if scoped else path
-        retrying = Retrying(
+    def _url(self, path: str, *, scoped: bool = True) -> str:
+        return f"/api/accounts/{self.account_id}{path}" if scoped else path
+
+    def _retrying(self) -> Retrying:
+        return Retrying(
             stop=stop_after_attempt(self._retries + 1),
             wait=self._backoff,
             retry=retry_if_exception_type(MailtrapRetriable),
             before_sleep=_log_retry,
+            sleep=self._backoff_sleep,
             reraise=True,
         )
-        for attempt in retrying:
+
+    def _request(
+        self, method: str, path: str, *, group: str, json: Any = None, scoped: bool = True
+    ) -> Any:
+        url = self._url(path, scoped=scoped)
+        account = self.account_id if scoped else None
+        for attempt in self._retrying():
             with attempt:
                 return self._send(method, url, group=group, json=json, account=account)
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     def _send(self, method: str, url: str, *, group: str, json: Any, account: int | None) -> Any:
-        if self._pacer is not None:
-            self._pacer.acquire(account)
+        if self._pacer is not None and not self._pacer.acquire(account, _should_stop.get()):
+            raise MailtrapCancelled(f"{method} {url}: not sent, stop requested")
         content = orjson.dumps(json) if json is not None else None
         headers = {"Content-Type": "application/json"} if content is not None else None
         try:
@@ -242,6 +291,8 @@ class MailtrapClient:
         except httpx.TimeoutException as exc:
             self._record(group, 0)
             raise MailtrapRetriable(f"{method} {url}: timed out") from exc
+        except httpx.UnsupportedProtocol as exc:
+            raise ConfigError(f"mailtrap.api_url: {exc}") from exc
         except httpx.TransportError as exc:
             self._record(group, 0)
             raise MailtrapRetriable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
@@ -255,9 +306,26 @@ class MailtrapClient:
     def _backoff(self, state: RetryCallState) -> float:
         wait = float(self._wait(state))
         error = state.outcome.exception() if state.outcome else None
-        if isinstance(error, MailtrapRateLimited) and error.retry_after:
-            return max(wait, error.retry_after)
+        if isinstance(error, MailtrapRateLimited) and error.retry_after is not None:
+            # Honour Mailtrap's word, with jitter so that waiting clients do not return at once.
+            return max(wait, error.retry_after + random.uniform(0, self._jitter))  # noqa: S311
         return wait
+
+    def _backoff_sleep(self, seconds: float) -> None:
+        if not self._pause(seconds, _should_stop.get()):
+            raise MailtrapCancelled(f"stop requested during a {seconds:.1f}s retry back-off")
+
+    def _pause(self, seconds: float, should_stop: StopCheck | None) -> bool:
+        """Sleep ``seconds``, looking at ``should_stop`` as it goes; False if it said stop."""
+        if should_stop is None:
+            self._sleep(seconds)
+            return True
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if should_stop():
+                return False
+            self._sleep(min(STOP_CHECK_S, left))
+        return not should_stop()
 
 
 def _log_retry(state: RetryCallState) -> None:
@@ -321,11 +389,21 @@ def _contact_errors(body: Any) -> dict[str, list[str]]:
 
 
 def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date), capped; else None."""
+    value = (response.headers.get("Retry-After") or "").strip()
+    if not value:
         return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            moment = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        seconds = (moment - datetime.now(UTC)).total_seconds()
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
 def _items(data: Any, what: str) -> list[dict[str, Any]]:

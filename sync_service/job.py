@@ -1,22 +1,19 @@
-"""One pipeline pass: read → diff → record batch → post import → poll → commit hashes + watermark.
+"""One pipeline pass: read → diff → deliver (record batch → post import → poll → commit).
 
-This is the only module where the connector, the diff, the state store and the Mailtrap client
-meet. The invariants of design.md it keeps, and how:
+This is the only place where the connector, the diff, the state store and the Mailtrap client
+meet; sending is delegated to ``delivery`` (its docstring says how invariants 1, 3 and 8 are
+kept there). What this module adds:
 
-1. No change is lost: a batch's hashes and the watermark after it are committed in one
-   transaction, only once Mailtrap reports the import ``finished`` (``StateStore.confirm_batch``);
-   the watermark given with a batch is the position of the last record whose change is in it or
-   in an earlier batch. An import that ends ``failed`` or over the contact quota commits nothing.
-3. Crash at any instant: a batch is recorded before it is posted; the next run first polls every
-   import it knows (and commits it when finished) and abandons batches that never got an id —
-   re-reading from the unmoved watermark sends those contacts again (imports upsert by email).
+2. Nothing unchanged is sent: records are mapped and hashed, and compared with the confirmed
+   hashes of the state store, a chunk at a time (``Differ``).
 7. One pipeline in one place: the run holds the pipeline's lease in the state store and renews
-   it; if the lease is lost, nothing more is posted.
-8. Rejected contacts keep their old hash and have their reason on record; ``retry`` re-reads their
-   current source rows and sends them again.
+   it; if the lease is lost, nothing more is posted. A lease left by a killed process expires
+   after ``lease_ttl`` (setting, default 60 s).
+8. ``retry`` re-reads the current source rows of rejected contacts and sends them again.
 
-A stop request (SIGTERM, SIGINT, daemon shutdown) is honoured between steps: no new import is
-posted, an import being polled stays recorded for the next run, state is committed.
+A stop request (SIGTERM, SIGINT, daemon shutdown) is honoured between steps and cuts every wait
+short (a pacing permit, a retry back-off, an import poll): no new import is posted, an import
+being polled stays recorded for the next run, state is committed, and the run ends INTERRUPTED.
 """
 
 from __future__ import annotations
@@ -35,38 +32,25 @@ from typing import Any, Protocol
 import structlog
 
 from sync_service.connector import Connector, load_connector
+from sync_service.delivery import BatchBuilder, Courier, Interrupted, Sink, count_change
 from sync_service.diff import Change, Differ
-from sync_service.errors import ConfigError, MailtrapValidationError, PipelineBusy, SyncError
-from sync_service.mailtrap.client import MailtrapClient
+from sync_service.errors import ConfigError, PipelineBusy, SyncError
+from sync_service.mailtrap.client import MailtrapCancelled, MailtrapClient
 from sync_service.mapping import Mapper
 from sync_service.models import (
-    BatchStatus,
     ChangeKind,
-    ImportEntry,
     ImportResult,
-    Position,
-    Rejection,
-    RejectKind,
     RunKind,
     RunOutcome,
     SourceRecord,
     StoredContact,
 )
-from sync_service.settings import AppSettings, PipelineSettings
+from sync_service.settings import AppSettings, PipelineSettings, parse_duration
 from sync_service.state import StateStore
 
 log = structlog.get_logger(__name__)
 READ_CHUNK = 2_000
-LEASE_TTL = 60.0
-MAX_IMPORT_FAILURES = 4
-
-
-class Interrupted(SyncError):
-    """The run stopped on request (or lost its lease) between two steps."""
-
-
-class ImportFailed(SyncError):
-    """An import kept failing after its retries; its contacts stay unconfirmed."""
+__all__ = ["PlanReport", "RunObserver", "RunResult", "SyncJob", "chunked", "new_owner"]
 
 
 class RunObserver(Protocol):
@@ -121,7 +105,7 @@ class SyncJob:
         stop: threading.Event | None = None,
         owner: str | None = None,
         observer: RunObserver | None = None,
-        lease_ttl: float = LEASE_TTL,
+        lease_ttl: float | None = None,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
@@ -131,14 +115,14 @@ class SyncJob:
         self.stop = stop or threading.Event()
         self.owner = owner or new_owner()
         self.observer = observer
-        self.lease_ttl = lease_ttl
+        self.lease_ttl = lease_ttl if lease_ttl is not None else parse_duration(settings.lease_ttl)
         self._lease_lost = threading.Event()
 
     # entry points ------------------------------------------------------------------------
     def run(self, kind: RunKind = RunKind.SYNC, *, resend: bool = False) -> RunResult:
         """One incremental pass (SYNC) or a full re-read (BACKFILL); raises PipelineBusy."""
 
-        def body(run: _Delivery) -> None:
+        def body(run: BatchBuilder) -> None:
             differ = Differ(self.build_mapper(create_lists=True), resend=resend)
             since = None if kind is RunKind.BACKFILL else self.store.get_watermark(self.name)
             with self.open_connector() as connector:
@@ -150,7 +134,7 @@ class SyncJob:
     def retry_rejected(self) -> RunResult:
         """Re-read the current source rows of every rejected contact and send them again."""
 
-        def body(run: _Delivery) -> None:
+        def body(run: BatchBuilder) -> None:
             keys = [r.source_key for r in self.store.list_rejections(self.name)]
             differ = Differ(self.build_mapper(create_lists=True), resend=True)
             with self.open_connector() as connector:
@@ -173,32 +157,40 @@ class SyncJob:
 
     # the run's frame ---------------------------------------------------------------------
     def _execute(
-        self, kind: RunKind, body: Callable[[_Delivery], None], *, advance: bool = True
+        self, kind: RunKind, body: Callable[[BatchBuilder], None], *, advance: bool = True
     ) -> RunResult:
         started = time.monotonic()
-        with self._lease():
+        with self._lease(), self.client.stoppable(self._stopping):
             self.store.interrupt_stale_runs(self.name)
             run_id = self.store.start_run(self.name, kind)
             result = RunResult(self.name, kind, RunOutcome.RUNNING, {}, run_id)
             with structlog.contextvars.bound_contextvars(pipeline=self.name, run_id=run_id):
                 log.info("run.started", kind=str(kind))
-                delivery = _Delivery(self, run_id, result.counts, advance=advance)
-                try:
-                    self._recover(result.counts)
-                    body(delivery)
-                    result.outcome = RunOutcome.SUCCEEDED
-                except Interrupted as exc:
-                    result.outcome, result.error = RunOutcome.INTERRUPTED, str(exc)
-                except SyncError as exc:
-                    result.outcome, result.error = RunOutcome.FAILED, str(exc)
-                except Exception as exc:
-                    log.exception("run.crashed")
-                    result.outcome, result.error = RunOutcome.FAILED, f"internal error: {exc!r}"
+                self._attempt(run_id, result, body, advance=advance)
                 result.duration_s = time.monotonic() - started
                 self.store.finish_run(run_id, result.outcome, result.counts, result.error)
                 log.info("run.finished", outcome=str(result.outcome), error=result.error,
                          duration_s=round(result.duration_s, 3), **result.counts)
         return result
+
+    def _attempt(self, run_id: int, result: RunResult, body: Callable[[BatchBuilder], None], *,
+                 advance: bool) -> None:
+        """Recover, then run ``body``; the outcome and error go into ``result``."""
+        courier = Courier(self.name, run_id, self.store, self.client,
+                          self.settings.mailtrap, result.counts, self.check_stop,
+                          self._stopping, self.observer)
+        try:
+            builder = BatchBuilder(courier, self.pipeline.batch_size, advance=advance)
+            courier.recover()
+            body(builder)
+            result.outcome = RunOutcome.SUCCEEDED
+        except (Interrupted, MailtrapCancelled) as exc:
+            result.outcome, result.error = RunOutcome.INTERRUPTED, str(exc)
+        except SyncError as exc:
+            result.outcome, result.error = RunOutcome.FAILED, str(exc)
+        except Exception as exc:
+            log.exception("run.crashed")
+            result.outcome, result.error = RunOutcome.FAILED, f"internal error: {exc!r}"
 
     @contextmanager
     def _lease(self) -> Iterator[None]:
@@ -282,7 +274,7 @@ class SyncJob:
 
     # reading and deciding -----------------------------------------------------------------
     def _scan(
-        self, records: Iterable[SourceRecord], differ: Differ, sink: _Sink, *, state: Any = None
+        self, records: Iterable[SourceRecord], differ: Differ, sink: Sink, *, state: Any = None
     ) -> None:
         state = state or self.store
         checked = False
@@ -310,192 +302,6 @@ class SyncJob:
                 f"return: {', '.join(missing)} (it returns: {', '.join(sorted(record.values))})"
             )
 
-    # delivery ------------------------------------------------------------------------------
-    def _recover(self, counts: dict[str, int]) -> None:
-        """Finish what a previous, interrupted run left: poll known imports, drop the rest."""
-        for batch in self.store.open_batches(self.name):
-            if batch.status is BatchStatus.POSTED and batch.import_id is not None:
-                log.info("recovery.polling", batch_id=batch.id, import_id=batch.import_id)
-                final = self._wait(batch.import_id)
-                self._settle(batch.id, final, None, counts)
-            else:
-                self.store.fail_batch(batch.id, "never got an import id; contacts are re-read "
-                                      "from the source", status=BatchStatus.ABANDONED)
-                log.info("recovery.abandoned", batch_id=batch.id)
-
-    def deliver(self, run_id: int, entries: list[ImportEntry], watermark: Position | None,
-                counts: dict[str, int]) -> None:
-        """Send one batch: record, post, poll, commit; split and retry an import that fails."""
-        parts, failures = [entries], 0
-        while parts:
-            part = parts.pop(0)
-            self.check_stop()
-            batch_id = self.store.record_batch(self.name, run_id, part)
-            part, import_id = self._post(batch_id, run_id, part, counts)
-            if import_id is None:
-                if not parts and watermark is not None:
-                    self.store.set_watermark(self.name, watermark)
-                continue
-            final = self._wait(import_id)
-            if self._settle(batch_id, final, None if parts else watermark, counts):
-                continue
-            failures += 1
-            if failures >= MAX_IMPORT_FAILURES:
-                raise ImportFailed(f"import {import_id} failed {failures} times; its "
-                                   f"{len(part)} contacts will be sent again on the next run")
-            half = len(part) // 2
-            parts[:0] = [part[:half], part[half:]] if failures >= 2 and half else [part]
-
-    def _post(self, batch_id: int, run_id: int, part: list[ImportEntry],
-              counts: dict[str, int]) -> tuple[list[ImportEntry], int | None]:
-        """POST the import; take out contacts Mailtrap rejects (422) and post the rest."""
-        while part:
-            try:
-                created = self.client.create_import([e.to_api() for e in part])
-            except MailtrapValidationError as exc:
-                part = self._reject(batch_id, run_id, part, exc, counts)
-                continue
-            self.store.mark_batch_posted(batch_id, created.id)
-            log.info("import.posted", batch_id=batch_id, import_id=created.id, size=len(part))
-            return part, created.id
-        self.store.fail_batch(batch_id, "every contact was rejected by Mailtrap")
-        return part, None
-
-    def _reject(self, batch_id: int, run_id: int, part: list[ImportEntry],
-                exc: MailtrapValidationError, counts: dict[str, int]) -> list[ImportEntry]:
-        bad = exc.contact_errors
-        rejected = [e for e in part if e.email in bad]
-        if not rejected:
-            raise SyncError(f"Mailtrap refused the import without naming a contact: {exc}")
-        self.store.record_rejections(self.name, run_id, [
-            Rejection(e.source_key, e.email, RejectKind.MAILTRAP, "; ".join(bad[e.email]))
-            for e in rejected])
-        self.store.remove_from_batch(batch_id, [e.email for e in rejected])
-        counts["rejected"] = counts.get("rejected", 0) + len(rejected)
-        log.warning("import.contacts_rejected", batch_id=batch_id, count=len(rejected))
-        return [e for e in part if e.email not in bad]
-
-    def _wait(self, import_id: int) -> ImportResult:
-        cfg = self.settings.mailtrap
-        with structlog.contextvars.bound_contextvars(import_id=import_id):
-            final = self.client.wait_for_import(
-                import_id, interval=cfg.poll_interval, max_interval=cfg.poll_max_interval,
-                timeout=cfg.import_timeout, should_stop=self._stopping)
-        if final is None:
-            raise Interrupted(f"stopped while import {import_id} was running; "
-                              "the next run polls it")
-        if self.observer is not None:
-            self.observer.import_done(self.name, final)
-        return final
-
-    def _settle(self, batch_id: int, final: ImportResult, watermark: Position | None,
-                counts: dict[str, int]) -> bool:
-        """Commit a finished import; record a failed one. True when committed."""
-        over = final.contacts_over_limit_count or 0
-        if final.status == "finished" and over == 0:
-            self.store.confirm_batch(batch_id, final, watermark)
-            _add(counts, "imports", 1)
-            _add(counts, "sent", (final.created_contacts_count or 0)
-                 + (final.updated_contacts_count or 0))
-            log.info("import.finished", batch_id=batch_id, import_id=final.id,
-                     created=final.created_contacts_count, updated=final.updated_contacts_count)
-            return True
-        if over:
-            reason = (f"Mailtrap's contact quota is full: {over} contacts were not stored "
-                      f"(import {final.id}); nothing of this batch is confirmed")
-            self.store.fail_batch(batch_id, reason)
-            _add(counts, "over_limit", over)
-            log.error("import.over_limit", batch_id=batch_id, import_id=final.id, over_limit=over)
-            raise ImportFailed(reason)
-        self.store.fail_batch(batch_id, f"import {final.id} ended {final.status}")
-        _add(counts, "imports_failed", 1)
-        log.warning("import.failed", batch_id=batch_id, import_id=final.id)
-        return False
-
-
-def _add(counts: dict[str, int], key: str, value: int) -> None:
-    counts[key] = counts.get(key, 0) + value
-
-
-class _Sink(Protocol):
-    def pending(self) -> dict[str, str]: ...
-
-    def accept(self, changes: Sequence[Change]) -> None: ...
-
-
-_KIND_COUNT = {
-    ChangeKind.CREATE: "created", ChangeKind.UPDATE: "updated",
-    ChangeKind.EMAIL_CHANGE: "email_changed", ChangeKind.UNLIST: "unlisted",
-    ChangeKind.UNCHANGED: "unchanged",
-}
-
-
-def _count_change(counts: dict[str, int], change: Change) -> None:
-    _add(counts, "read", 1)
-    if change.rejection is not None:
-        key = {RejectKind.DUPLICATE: "duplicate"}.get(change.rejection.kind, "invalid")
-        _add(counts, key, 1)
-    elif change.kind is not None:
-        _add(counts, _KIND_COUNT[change.kind], 1)
-
-
-class _Delivery:
-    """Builds batches from changes in order and hands each full one to the job."""
-
-    def __init__(self, job: SyncJob, run_id: int, counts: dict[str, int], *,
-                 advance: bool) -> None:
-        self.job, self.run_id, self.counts, self.advance = job, run_id, counts, advance
-        self.floor = job.store.get_watermark(job.name) if advance else None
-        self.entries: list[ImportEntry] = []
-        self.emails: dict[str, str] = {}
-        self.last_done: Position | None = None
-        self.size = job.pipeline.batch_size
-
-    def pending(self) -> dict[str, str]:
-        return self.emails
-
-    def accept(self, changes: Sequence[Change]) -> None:
-        rejections = [c.rejection for c in changes if c.rejection is not None]
-        if rejections:
-            self.job.store.record_rejections(self.job.name, self.run_id, rejections)
-        for change in changes:
-            _count_change(self.counts, change)
-            for entry in change.entries:
-                if len(self.entries) >= self.size or entry.email in self.emails:
-                    self.flush()
-                self.entries.append(entry)
-                self.emails[entry.email] = entry.source_key
-            self.last_done = change.position
-            if len(self.entries) >= self.size:
-                self.flush()
-
-    def flush(self) -> None:
-        if self.entries:
-            entries, self.entries, self.emails = self.entries, [], {}
-            self.job.deliver(self.run_id, entries, self._advance_to(self.last_done), self.counts)
-
-    def finish(self) -> None:
-        if self.entries:
-            self.flush()
-        elif (mark := self._advance_to(self.last_done)) is not None:
-            self.job.store.set_watermark(self.job.name, mark)
-
-    def _advance_to(self, position: Position | None) -> Position | None:
-        """``position`` if the watermark may move to it (forward only), else None."""
-        if not self.advance or position is None:
-            return None
-        if self.floor is not None and not _ahead(position, self.floor):
-            return None
-        self.floor = position
-        return position
-
-
-def _ahead(a: Position, b: Position) -> bool:
-    try:
-        return bool((a.cursor, a.key) > (b.cursor, b.key))
-    except TypeError:
-        return True
-
 
 class _Counter:
     """The plan's sink: counts by kind of change and keeps a sample of each; sends nothing."""
@@ -510,7 +316,7 @@ class _Counter:
 
     def accept(self, changes: Sequence[Change]) -> None:
         for change in changes:
-            _count_change(self.report.counts, change)
+            count_change(self.report.counts, change)
             label = (str(change.rejection.kind) if change.rejection is not None
                      else str(change.kind))
             examples = self.report.samples.setdefault(label, [])

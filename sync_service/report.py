@@ -20,7 +20,7 @@ from sync_service.logging import redact
 from sync_service.models import Position, StoredContact
 from sync_service.runtime import build_client, open_store
 from sync_service.settings import AppSettings, PipelineSettings
-from sync_service.state import RejectionRecord, StateStore
+from sync_service.state import BatchRecord, RejectionRecord, RunRecord, StateStore
 
 _console = Console()
 
@@ -92,11 +92,19 @@ def status_rows(store: StateStore, configured: Sequence[str]) -> list[dict[str, 
             "last_import": None if batch is None else {
                 "batch_id": batch.id, "import_id": batch.import_id, "status": str(batch.status),
                 "size": batch.size, "created": batch.created_count,
-                "updated": batch.updated_count, "over_limit": batch.over_limit_count,
+                "updated": batch.updated_count, "over_limit": _over_limit(batch, run),
                 "finished_at": batch.finished_at, "error": batch.error,
             },
         })
     return rows
+
+
+def _over_limit(batch: BatchRecord, run: RunRecord | None) -> int | None:
+    """Contacts over the quota in the last import; a failed batch keeps no counts, so a batch
+    that failed in the last run takes that run's ``over_limit`` count."""
+    if batch.over_limit_count is not None or run is None or batch.run_id != run.id:
+        return batch.over_limit_count
+    return run.counts.get("over_limit")
 
 
 def _ago(moment: datetime | None) -> str:
@@ -116,7 +124,8 @@ def print_status(rows: Sequence[dict[str, Any]]) -> None:
             + (f"\n{run['error']}" if run["error"] else ""))
         batch_text = "-" if batch is None else (
             f"#{batch['import_id']} {batch['status']} ({batch['size']} contacts)"
-            + (f"\nOVER QUOTA: {batch['over_limit']}" if batch["over_limit"] else ""))
+            + (f"\nOVER QUOTA: {batch['over_limit']}" if batch["over_limit"] else "")
+            + (f"\n{batch['error']}" if batch["error"] and batch["status"] == "failed" else ""))
         table.add_row(row["pipeline"], run_text,
                       "-" if mark is None else f"{mark['cursor']} / {mark['key']}",
                       str(row["contacts_tracked"]), str(row["rejected"]), batch_text)

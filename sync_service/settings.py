@@ -267,6 +267,9 @@ class _EnvOverrides(PydanticBaseSettingsSource):
 class AppSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="forbid", frozen=True)
 
+    lease_ttl: str | float = Field(
+        "60s", description="how long a pipeline's lease outlives a process killed while holding it"
+    )
     state: StateSettings = StateSettings()
     mailtrap: MailtrapSettings = MailtrapSettings()
     web: WebSettings = WebSettings()
@@ -287,6 +290,13 @@ class AppSettings(BaseSettings):
         if path is not None:
             sources.append(_StrictToml(settings_cls, toml_file=path))
         return tuple(sources)
+
+    @field_validator("lease_ttl")
+    @classmethod
+    def _lease_ttl(cls, value: str | float) -> str | float:
+        if parse_duration(value) < 1:
+            raise ValueError("must be at least 1s")
+        return value
 
     @model_validator(mode="after")
     def _unique_names(self) -> AppSettings:

@@ -1,0 +1,337 @@
+"""Delivery of one run's changes: build batches → record → post → poll → settle, and recovery.
+
+The job (``job.py``) reads and decides; this module sends. How it keeps design.md's invariants:
+
+1. No change is lost: a batch's hashes and the watermark after it are committed in one
+   transaction once Mailtrap reports the import ``finished`` (``StateStore.confirm_batch``); the
+   watermark given with a batch is the position of the last record whose change is in it or in
+   an earlier, confirmed batch. An import that ends ``failed`` or over the contact quota commits
+   nothing, and the run stops there, so the watermark stays before it.
+3. Crash at any instant: a batch is recorded before it is posted. ``Courier.recover`` polls every
+   import a previous run got an id for (and commits it when finished) and abandons the batches
+   that never got one: the unmoved watermark makes the run re-read and re-send those contacts.
+8. Rejected contacts: a 422 that names contacts takes their source keys out of the batch (every
+   entry of a key, so an email change is never half-applied), records each key with Mailtrap's
+   reasons, and posts the rest again; the keys keep their previous hash. A 422 that names no
+   contact of the batch is narrowed down by posting halves, within a small budget; a single
+   contact refused that way is recorded with the message.
+
+A failed import is posted again, then in halves, at most ``MAX_IMPORT_FAILURES`` times in all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import structlog
+
+from sync_service.diff import Change
+from sync_service.errors import MailtrapNotFound, MailtrapValidationError, SyncError
+from sync_service.mailtrap.client import MailtrapClient
+from sync_service.mapping import MappingRejected, normalise_email
+from sync_service.models import (
+    BatchStatus,
+    ChangeKind,
+    ImportEntry,
+    ImportResult,
+    Position,
+    Rejection,
+    RejectKind,
+)
+from sync_service.settings import MailtrapSettings
+from sync_service.state import StateStore
+
+if TYPE_CHECKING:
+    from sync_service.job import RunObserver
+
+log = structlog.get_logger(__name__)
+MAX_IMPORT_FAILURES = 4
+
+
+class Interrupted(SyncError):
+    """The run stopped on request (or lost its lease) between two steps."""
+
+
+class ImportFailed(SyncError):
+    """An import kept failing after its retries, or hit the contact quota; nothing of it counts."""
+
+
+class _Unattributed(SyncError):
+    """Mailtrap refused an import (422) without naming any contact of ``part`` (what was left)."""
+
+    def __init__(self, message: str, part: list[ImportEntry]) -> None:
+        super().__init__(message)
+        self.part = part
+
+
+@dataclass
+class Courier:
+    """Sends the batches of one run of one pipeline; ``counts`` are the run's counters."""
+
+    name: str
+    run_id: int
+    store: StateStore
+    client: MailtrapClient
+    mailtrap: MailtrapSettings
+    counts: dict[str, int]
+    check_stop: Callable[[], None]
+    stopping: Callable[[], bool]
+    observer: RunObserver | None = None
+
+    def recover(self) -> None:
+        """Finish what a previous, interrupted run left: poll known imports, drop the rest."""
+        for batch in self.store.open_batches(self.name):
+            if batch.status is BatchStatus.POSTED and batch.import_id is not None:
+                log.info("recovery.polling", batch_id=batch.id, import_id=batch.import_id)
+                try:
+                    final = self._wait(batch.import_id)
+                except MailtrapNotFound:
+                    self.store.fail_batch(batch.id, f"Mailtrap no longer knows import "
+                                          f"{batch.import_id}; contacts are re-read from the "
+                                          "source", status=BatchStatus.ABANDONED)
+                    log.warning("recovery.import_unknown", batch_id=batch.id,
+                                import_id=batch.import_id)
+                    continue
+                self._settle(batch.id, final, None)
+            else:
+                self.store.fail_batch(batch.id, "never got an import id; contacts are re-read "
+                                      "from the source", status=BatchStatus.ABANDONED)
+                log.info("recovery.abandoned", batch_id=batch.id)
+
+    def deliver(self, entries: list[ImportEntry], watermark: Position | None) -> None:
+        """Send one batch: record, post, poll, commit; the watermark goes with its last part."""
+        parts, failures, refusals = [entries], 0, 0
+        budget = 2 * math.ceil(math.log2(len(entries) + 1)) + 2
+        while parts:
+            part = parts.pop(0)
+            self.check_stop()
+            batch_id = self.store.record_batch(self.name, self.run_id, part)
+            try:
+                part, import_id = self._post(batch_id, part)
+            except _Unattributed as refusal:
+                refusals += 1
+                parts[:0] = self._isolate(batch_id, refusal, exhausted=refusals > budget)
+                import_id = None
+            if import_id is None:
+                self._advance(None if parts else watermark)
+                continue
+            if self._settle(batch_id, self._wait(import_id), None if parts else watermark):
+                continue
+            failures += 1
+            if failures >= MAX_IMPORT_FAILURES:
+                raise ImportFailed(f"import {import_id} failed {failures} times; its "
+                                   f"{len(part)} contacts will be sent again on the next run")
+            half = len(part) // 2
+            parts[:0] = [part[:half], part[half:]] if failures >= 2 and half else [part]
+
+    def _advance(self, watermark: Position | None) -> None:
+        # Only when nothing of this batch went out: every earlier part and batch is confirmed.
+        if watermark is not None:
+            self.store.set_watermark(self.name, watermark)
+
+    def _post(self, batch_id: int, part: list[ImportEntry]) -> tuple[list[ImportEntry], int | None]:
+        """POST the import; take out contacts Mailtrap rejects (422) and post the rest."""
+        while part:
+            try:
+                created = self.client.create_import([e.to_api() for e in part])
+            except MailtrapValidationError as exc:
+                part = self._reject(batch_id, part, exc)
+                continue
+            self.store.mark_batch_posted(batch_id, created.id)
+            log.info("import.posted", batch_id=batch_id, import_id=created.id, size=len(part))
+            return part, created.id
+        self.store.fail_batch(batch_id, "every contact was rejected by Mailtrap")
+        return part, None
+
+    def _reject(self, batch_id: int, part: list[ImportEntry],
+                exc: MailtrapValidationError) -> list[ImportEntry]:
+        """Record the keys whose entries Mailtrap named; the entries left to post again."""
+        named = _named_emails(exc.contact_errors, part)
+        if not named:
+            raise _Unattributed(str(exc), part)
+        keys = {e.source_key for e in part if e.email in named}
+        dropped = [e for e in part if e.source_key in keys]
+        self.store.record_rejections(self.name, self.run_id, [
+            _rejection(key, [e for e in dropped if e.source_key == key], named) for key in keys])
+        self.store.remove_from_batch(batch_id, [e.email for e in dropped])
+        _add(self.counts, "rejected", len(keys))
+        log.warning("import.contacts_rejected", batch_id=batch_id, count=len(keys),
+                    reasons=sorted({r for reasons in named.values() for r in reasons})[:5])
+        return [e for e in part if e.source_key not in keys]
+
+    def _isolate(self, batch_id: int, refusal: _Unattributed, *,
+                 exhausted: bool) -> list[list[ImportEntry]]:
+        """Halves of a part refused as a whole; a lone key is recorded as rejected instead."""
+        part = refusal.part
+        self.store.fail_batch(batch_id, f"refused without naming a contact: {refusal}")
+        keys = list(dict.fromkeys(entry.source_key for entry in part))
+        if exhausted:
+            raise SyncError(f"Mailtrap keeps refusing imports without naming a contact: {refusal}")
+        if len(keys) == 1:
+            reasons = {entry.email: [str(refusal)] for entry in part}
+            self.store.record_rejections(self.name, self.run_id,
+                                         [_rejection(keys[0], part, reasons)])
+            _add(self.counts, "rejected", 1)
+            log.warning("import.contact_isolated", batch_id=batch_id, source_key=keys[0])
+            return []
+        first = set(keys[: len(keys) // 2])  # split by key: a key's entries stay together
+        log.warning("import.refused_unattributed", batch_id=batch_id, size=len(part))
+        return [[e for e in part if e.source_key in first],
+                [e for e in part if e.source_key not in first]]
+
+    def _wait(self, import_id: int) -> ImportResult:
+        cfg = self.mailtrap
+        with structlog.contextvars.bound_contextvars(import_id=import_id):
+            final = self.client.wait_for_import(
+                import_id, interval=cfg.poll_interval, max_interval=cfg.poll_max_interval,
+                timeout=cfg.import_timeout, should_stop=self.stopping)
+        if final is None:
+            raise Interrupted(f"stopped while import {import_id} was running; "
+                              "the next run polls it")
+        if self.observer is not None:
+            self.observer.import_done(self.name, final)
+        return final
+
+    def _settle(self, batch_id: int, final: ImportResult, watermark: Position | None) -> bool:
+        """Commit a finished import; record a failed one. True when committed."""
+        over = final.contacts_over_limit_count or 0
+        if final.status == "finished" and over == 0:
+            self.store.confirm_batch(batch_id, final, watermark)
+            _add(self.counts, "imports", 1)
+            _add(self.counts, "sent", (final.created_contacts_count or 0)
+                 + (final.updated_contacts_count or 0))
+            log.info("import.finished", batch_id=batch_id, import_id=final.id,
+                     created=final.created_contacts_count, updated=final.updated_contacts_count)
+            return True
+        if over:
+            reason = (f"Mailtrap's contact quota is full: {over} contacts were not stored "
+                      f"(import {final.id}); nothing of this batch is confirmed")
+            self.store.fail_batch(batch_id, reason)
+            _add(self.counts, "over_limit", over)
+            log.error("import.over_limit", batch_id=batch_id, import_id=final.id, over_limit=over)
+            raise ImportFailed(reason)
+        self.store.fail_batch(batch_id, f"import {final.id} ended {final.status}")
+        _add(self.counts, "imports_failed", 1)
+        log.warning("import.failed", batch_id=batch_id, import_id=final.id)
+        return False
+
+
+def _named_emails(errors: dict[str, list[str]],
+                  part: Sequence[ImportEntry]) -> dict[str, list[str]]:
+    """Email of the part → reasons, for the entries a 422 names (as sent or as we spell it)."""
+    emails = {entry.email for entry in part}
+    named: dict[str, list[str]] = {}
+    for given, reasons in errors.items():
+        email = given
+        if email not in emails:
+            try:
+                email = normalise_email(given)
+            except MappingRejected:
+                continue
+        if email in emails:
+            named.setdefault(email, []).extend(reasons)
+    return named
+
+
+def _rejection(key: str, entries: Sequence[ImportEntry],
+               reasons: dict[str, list[str]]) -> Rejection:
+    """One key's rejection: the contact it was sending, and why each named entry was refused."""
+    sent = next((e for e in entries if e.kind is not ChangeKind.UNLIST), entries[0])
+    parts = []
+    for entry in entries:
+        if entry.email in reasons:
+            text = "; ".join(reasons[entry.email])
+            parts.append(f"taking {entry.email} out of the lists: {text}"
+                         if entry.kind is ChangeKind.UNLIST and entry is not sent else text)
+    if sent.email not in reasons:
+        parts.append(f"so {sent.email} was not sent either")
+    return Rejection(key, sent.email, RejectKind.MAILTRAP, "; ".join(parts))
+
+
+def _add(counts: dict[str, int], key: str, value: int) -> None:
+    counts[key] = counts.get(key, 0) + value
+
+
+_KIND_COUNT = {
+    ChangeKind.CREATE: "created", ChangeKind.UPDATE: "updated",
+    ChangeKind.EMAIL_CHANGE: "email_changed", ChangeKind.UNLIST: "unlisted",
+    ChangeKind.UNCHANGED: "unchanged",
+}
+
+
+def count_change(counts: dict[str, int], change: Change) -> None:
+    """Count one record by what it meant: read, and its kind of change or rejection."""
+    _add(counts, "read", 1)
+    if change.rejection is not None:
+        key = {RejectKind.DUPLICATE: "duplicate"}.get(change.rejection.kind, "invalid")
+        _add(counts, key, 1)
+    elif change.kind is not None:
+        _add(counts, _KIND_COUNT[change.kind], 1)
+
+
+class Sink(Protocol):
+    """Where the job's scan puts changes: the batch builder, or the plan's counter."""
+
+    def pending(self) -> dict[str, str]: ...
+
+    def accept(self, changes: Sequence[Change]) -> None: ...
+
+
+class BatchBuilder:
+    """Builds batches from changes in order and hands each full one to the courier."""
+
+    def __init__(self, courier: Courier, batch_size: int, *, advance: bool) -> None:
+        self.courier, self.size, self.advance = courier, batch_size, advance
+        self.store, self.name = courier.store, courier.name
+        self.floor = self.store.get_watermark(self.name) if advance else None
+        self.entries: list[ImportEntry] = []
+        self.emails: dict[str, str] = {}
+        self.last_done: Position | None = None
+
+    def pending(self) -> dict[str, str]:
+        return self.emails
+
+    def accept(self, changes: Sequence[Change]) -> None:
+        rejections = [c.rejection for c in changes if c.rejection is not None]
+        if rejections:
+            self.store.record_rejections(self.name, self.courier.run_id, rejections)
+        for change in changes:
+            count_change(self.courier.counts, change)
+            for entry in change.entries:
+                if len(self.entries) >= self.size or entry.email in self.emails:
+                    self.flush()
+                self.entries.append(entry)
+                self.emails[entry.email] = entry.source_key
+            self.last_done = change.position
+            if len(self.entries) >= self.size:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.entries:
+            entries, self.entries, self.emails = self.entries, [], {}
+            self.courier.deliver(entries, self._advance_to(self.last_done))
+
+    def finish(self) -> None:
+        if self.entries:
+            self.flush()
+        elif (mark := self._advance_to(self.last_done)) is not None:
+            self.store.set_watermark(self.name, mark)
+
+    def _advance_to(self, position: Position | None) -> Position | None:
+        """``position`` if the watermark may move to it (forward only), else None."""
+        if not self.advance or position is None:
+            return None
+        if self.floor is not None and not _ahead(position, self.floor):
+            return None
+        self.floor = position
+        return position
+
+
+def _ahead(a: Position, b: Position) -> bool:
+    try:
+        return bool((a.cursor, a.key) > (b.cursor, b.key))
+    except TypeError:
+        return True

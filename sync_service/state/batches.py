@@ -102,12 +102,7 @@ def confirm(
         )
     _drop_unlisted(conn, batch_id, batch.pipeline)
     written = _upsert_confirmed(conn, batch_id, batch.pipeline, result.id, now)
-    conn.execute(
-        sa.delete(rejections).where(
-            rejections.c.pipeline == batch.pipeline,
-            rejections.c.source_key.in_(_hashed_keys(batch_id)),
-        )
-    )
+    _clear_confirmed_rejections(conn, batch_id, batch.pipeline)
     _close(conn, batch_id, now, status=BatchStatus.FINISHED, import_id=result.id,
            created_count=result.created_contacts_count,
            updated_count=result.updated_contacts_count,
@@ -162,6 +157,18 @@ def _check_entries(entries: Sequence[ImportEntry]) -> None:
             if entry.source_key in hashed:
                 raise ValueError(f"source key {entry.source_key!r} has two hashed entries")
             hashed.add(entry.source_key)
+
+
+def _clear_confirmed_rejections(conn: Connection, batch_id: int, pipeline: str) -> None:
+    """Rejections of keys this batch confirmed are resolved; most pipelines have none at all."""
+    any_rejection = sa.select(rejections.c.source_key).where(
+        rejections.c.pipeline == pipeline).limit(1)
+    if conn.execute(any_rejection).first() is None:
+        return
+    confirmed = sa.exists().where(
+        bc.c.batch_id == batch_id, bc.c.source_key == rejections.c.source_key,
+        bc.c.hash.is_not(None))
+    conn.execute(sa.delete(rejections).where(rejections.c.pipeline == pipeline, confirmed))
 
 
 def _hashed_keys(batch_id: int) -> sa.Select[tuple[str]]:

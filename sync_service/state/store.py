@@ -140,10 +140,10 @@ class StateStore:
         """The confirmed email and hash of each known key; unknown keys are absent."""
         found: dict[str, StoredContact] = {}
         with self._read("get_contacts") as conn:
-            for chunk in sql.chunked(list(dict.fromkeys(keys))):
+            for among in sql.matching(conn, contacts.c.source_key, list(dict.fromkeys(keys))):
                 rows = conn.execute(
                     sa.select(contacts.c.source_key, contacts.c.email, contacts.c.hash).where(
-                        contacts.c.pipeline == pipeline, contacts.c.source_key.in_(chunk)
+                        contacts.c.pipeline == pipeline, among
                     )
                 )
                 for key, email, hash_ in rows:
@@ -154,12 +154,12 @@ class StateStore:
         """Email -> the source key whose confirmed contact has it (lowest key if several)."""
         owners: dict[str, str] = {}
         with self._read("get_owners") as conn:
-            for chunk in sql.chunked(list(dict.fromkeys(emails))):
+            for among in sql.matching(conn, contacts.c.email, list(dict.fromkeys(emails))):
                 # No ORDER BY: SQLite would walk the primary key to avoid a sort, and scan the
                 # pipeline's every contact instead of probing the email index.
                 rows = conn.execute(
                     sa.select(contacts.c.email, contacts.c.source_key).where(
-                        contacts.c.pipeline == pipeline, contacts.c.email.in_(chunk)
+                        contacts.c.pipeline == pipeline, among
                     )
                 )
                 for email, key in rows:

@@ -17,6 +17,7 @@ from sync_service.state.schema import migrations_dir
 from sync_service.state.tables import metadata
 
 STATE_TABLES = set(metadata.tables)
+HEAD = StateStore(sa.create_engine("sqlite://")).head_revision()  # the newest shipped migration
 
 EXTRA_REVISION = '''"""A later revision, for tests of a database that is behind."""
 
@@ -26,7 +27,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0099"
-down_revision = "0001"
+down_revision = "{head}"
 branch_labels = None
 depends_on = None
 
@@ -49,7 +50,7 @@ def newer_migrations(tmp_path: Path) -> Path:
     """A copy of the migrations with one more revision (0099) on top of head."""
     target = tmp_path / "migrations"
     shutil.copytree(migrations_dir(), target, ignore=shutil.ignore_patterns("__pycache__"))
-    (target / "versions" / "0099_extra.py").write_text(EXTRA_REVISION)
+    (target / "versions" / "0099_extra.py").write_text(EXTRA_REVISION.replace("{head}", HEAD))
     return target
 
 
@@ -57,7 +58,7 @@ def test_upgrade_creates_every_table_on_an_empty_database(new_store: StateStore)
     """upgrade() on an empty database creates all tables and records the head revision."""
     new_store.upgrade()
     assert _tables(new_store) == STATE_TABLES | {"alembic_version"}
-    assert new_store.schema_revision() == new_store.head_revision() == "0001"
+    assert new_store.schema_revision() == new_store.head_revision() == HEAD
 
 
 def test_migrated_database_has_no_drift_from_tables_py(store: StateStore) -> None:
@@ -79,7 +80,7 @@ def test_downgrade_to_base_drops_everything_and_upgrade_recreates_it(store: Stat
 def test_ensure_schema_sets_up_a_new_database(new_store: StateStore) -> None:
     """ensure_schema() on an empty database migrates it to head."""
     new_store.ensure_schema()
-    assert new_store.schema_revision() == "0001"
+    assert new_store.schema_revision() == HEAD
     assert _tables(new_store) >= STATE_TABLES
 
 
@@ -88,7 +89,7 @@ def test_ensure_schema_leaves_a_current_database_alone(store: StateStore) -> Non
     store.set_watermark("p", Position(1, 2))
     store.ensure_schema()
     assert store.get_watermark("p") is not None
-    assert store.schema_revision() == "0001"
+    assert store.schema_revision() == HEAD
 
 
 def test_ensure_schema_refuses_a_database_behind_this_version(
@@ -97,7 +98,7 @@ def test_ensure_schema_refuses_a_database_behind_this_version(
     """A database behind the code's head is refused with the `db upgrade` hint, not migrated."""
     newer = StateStore.from_url(store_url, migrations_dir=newer_migrations)
     try:
-        with pytest.raises(StateError, match=r"is at 0001, this version needs 0099: run "
+        with pytest.raises(StateError, match=rf"is at {HEAD}, this version needs 0099: run "
                                               r"`mailtrap-sync db upgrade`"):
             newer.ensure_schema()
         assert "extra" not in _tables(newer)

@@ -18,6 +18,7 @@ import structlog
 _SECRETS: set[str] = set()
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^:/@\s]+):(?P<pw>[^@\s]+)@", re.I)
 REDACTED = "***"
+_SELF_CONFIGURED = ("uvicorn", "uvicorn.error", "uvicorn.access", "alembic")
 
 
 def register_secret(value: str | None) -> None:
@@ -94,3 +95,7 @@ def _route_stdlib(stream: TextIO, renderer: Any) -> None:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(logging.WARNING)
+    for name in _SELF_CONFIGURED:  # these install handlers of their own; send them to ours
+        library = logging.getLogger(name)
+        library.handlers.clear()
+        library.propagate = True

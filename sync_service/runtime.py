@@ -74,8 +74,11 @@ def stop_on_signals() -> Iterator[threading.Event]:
     def handler(signum: int, _frame: Any) -> None:
         if stop.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        log.warning("stop.requested", signal=signal.Signals(signum).name)
         stop.set()
+        # Not logged here: the signal may have interrupted this very thread inside a log write,
+        # whose lock is not re-entrant. A thread writes the line once that write is done.
+        threading.Thread(target=log.warning, args=("stop.requested",),
+                         kwargs={"signal": signal.Signals(signum).name}, daemon=True).start()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:

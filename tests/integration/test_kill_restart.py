@@ -507,10 +507,6 @@ print("stopped", stop.is_set(), flush=True)
 """
 
 
-@pytest.mark.xfail(strict=True, raises=subprocess.TimeoutExpired, reason=(
-    "sync_service/runtime.py stop_on_signals logs from inside the signal handler; a signal that "
-    "lands while the main thread writes a log line re-enters structlog's PrintLogger, whose "
-    "write lock is a non-reentrant threading.Lock already held by that thread: deadlock"))
 def test_signal_during_a_log_write_still_stops() -> None:
     """A SIGTERM that arrives while a log line is being written still stops the process."""
     done = subprocess.run([sys.executable, "-c", _SIGNAL_DURING_A_WRITE], cwd=REPO,

@@ -3,9 +3,9 @@
 It knows nothing of the state store. It takes an ``httpx`` transport (tests pass the in-process
 double), paces every request under Mailtrap's limits, retries what is retriable with exponential
 backoff and jitter (tenacity), and turns every answer it did not expect into a ``MailtrapError``.
-Which statuses are retriable is decided in exactly one place: ``_raise_for`` (429, 408 and 5xx);
-timeouts and dropped connections are retriable too. A 429's ``Retry-After`` (seconds or an HTTP
-date) is honoured, plus jitter, up to ``MAX_RETRY_AFTER``.
+Which statuses are retriable is decided in exactly one place: ``answers.raise_for`` (429, 408
+and 5xx); timeouts and dropped connections are retriable too. A 429's ``Retry-After`` is
+honoured, plus jitter.
 
 Waits can be cut short: inside ``with client.stoppable(should_stop):`` a blocked permit or a
 retry back-off gives up as soon as ``should_stop()`` is true, raising ``MailtrapCancelled``
@@ -26,8 +26,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -51,14 +49,12 @@ from sync_service.errors import (
     MailtrapNotFound,
     MailtrapRateLimited,
     MailtrapRetriable,
-    MailtrapValidationError,
 )
+from sync_service.mailtrap.answers import as_object, import_result, items, raise_for
 from sync_service.mailtrap.pacing import Pacer
 from sync_service.models import ImportResult
 
 log = structlog.get_logger(__name__)
-IMPORT_STATUSES = ("created", "started", "finished", "failed")
-MAX_RETRY_AFTER = 120.0  # seconds; no window of Mailtrap's is longer than 60 s
 STOP_CHECK_S = 0.2  # how often a wait looks at should_stop
 ResponseHook = Callable[[str, int], None]
 StopCheck = Callable[[], bool]
@@ -175,7 +171,7 @@ class MailtrapClient:
     # lists and fields ----------------------------------------------------------------------
     def lists(self) -> list[ContactList]:
         data = self._request("GET", "/contacts/lists", group="lists")
-        return [ContactList(int(i["id"]), str(i["name"])) for i in _items(data, "lists")]
+        return [ContactList(int(i["id"]), str(i["name"])) for i in items(data, "lists")]
 
     def create_list(self, name: str) -> ContactList:
         """Create a list; a retry first re-lists, in case the failed attempt created it."""
@@ -189,7 +185,7 @@ class MailtrapClient:
                         return found
                 data = self._send("POST", url, group="lists", json={"name": name},
                                   account=account)
-                item = _object(data, "created list")
+                item = as_object(data, "created list")
                 return ContactList(int(item["id"]), str(item["name"]))
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
@@ -197,7 +193,7 @@ class MailtrapClient:
         data = self._request("GET", "/contacts/fields", group="fields")
         return [
             ContactField(int(i["id"]), str(i["name"]), str(i["merge_tag"]), str(i["data_type"]))
-            for i in _items(data, "fields")
+            for i in items(data, "fields")
         ]
 
     # imports --------------------------------------------------------------------------------
@@ -208,10 +204,10 @@ class MailtrapClient:
         data = self._request(
             "POST", "/contacts/imports", json={"contacts": list(contacts)}, group="imports"
         )
-        return _import_result(data)
+        return import_result(data)
 
     def get_import(self, import_id: int) -> ImportResult:
-        return _import_result(
+        return import_result(
             self._request("GET", f"/contacts/imports/{import_id}", group="imports")
         )
 
@@ -249,7 +245,7 @@ class MailtrapClient:
                                  group="contacts")
         except MailtrapNotFound:
             return None
-        body = _object(data, "contact")
+        body = as_object(data, "contact")
         inner = body.get("data", body)
         return inner if isinstance(inner, dict) else None
 
@@ -282,12 +278,24 @@ class MailtrapClient:
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     def _send(self, method: str, url: str, *, group: str, json: Any, account: int | None) -> Any:
-        if self._pacer is not None and not self._pacer.acquire(account, _should_stop.get()):
+        stop = _should_stop.get()
+        taken = None if self._pacer is None else self._pacer.acquire(account, stop)
+        if self._pacer is not None and taken is None:
             raise MailtrapCancelled(f"{method} {url}: not sent, stop requested")
+        try:
+            response = self._exchange(method, url, group=group, json=json)
+        finally:
+            if self._pacer is not None and taken is not None:
+                self._pacer.settle(account, taken, stop)
+        self._record(group, response.status_code)
+        return raise_for(method, url, response)
+
+    def _exchange(self, method: str, url: str, *, group: str, json: Any) -> httpx.Response:
+        """One HTTP exchange; transport failures become MailtrapRetriable (or ConfigError)."""
         content = orjson.dumps(json) if json is not None else None
         headers = {"Content-Type": "application/json"} if content is not None else None
         try:
-            response = self._http.request(method, url, content=content, headers=headers)
+            return self._http.request(method, url, content=content, headers=headers)
         except httpx.TimeoutException as exc:
             self._record(group, 0)
             raise MailtrapRetriable(f"{method} {url}: timed out") from exc
@@ -296,8 +304,6 @@ class MailtrapClient:
         except httpx.TransportError as exc:
             self._record(group, 0)
             raise MailtrapRetriable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
-        self._record(group, response.status_code)
-        return _raise_for(method, url, response)
 
     def _record(self, group: str, status: int) -> None:
         if self._on_response is not None:
@@ -332,98 +338,3 @@ def _log_retry(state: RetryCallState) -> None:
     error = state.outcome.exception() if state.outcome else None
     log.warning("mailtrap.retry", attempt=state.attempt_number, error=str(error),
                 wait_s=round(state.upcoming_sleep, 2))
-
-
-def _raise_for(method: str, url: str, response: httpx.Response) -> Any:
-    """The one place that decides what an HTTP status means (and what is retriable)."""
-    status = response.status_code
-    try:
-        body: Any = orjson.loads(response.content) if response.content else None
-    except orjson.JSONDecodeError:
-        body = response.text[:500]
-    if 200 <= status < 300:
-        if isinstance(body, str):
-            raise MailtrapError(f"{method} {url}: answer is not JSON", status=status, body=body)
-        return body
-    where = f"{method} {url} → {status}"
-    if status == 429:
-        raise MailtrapRateLimited(f"{where}: rate limited", body=body,
-                                  retry_after=_retry_after(response))
-    if status >= 500 or status == 408:
-        raise MailtrapRetriable(f"{where}: {_message(body)}", status=status, body=body)
-    if status in (401, 403):
-        raise MailtrapAuthError(f"{where}: Mailtrap refused the API token ({_message(body)})",
-                                status=status, body=body)
-    if status == 404:
-        raise MailtrapNotFound(f"{where}: {_message(body)}", status=status, body=body)
-    if status == 422:
-        errors = _contact_errors(body)
-        raise MailtrapValidationError(f"{where}: {_message(body)}", body=body,
-                                      contact_errors=errors)
-    raise MailtrapError(f"{where}: {_message(body)}", status=status, body=body)
-
-
-def _message(body: Any) -> str:
-    if isinstance(body, dict):
-        for key in ("errors", "error", "message"):
-            if isinstance(body.get(key), str):
-                return str(body[key])
-    return str(body)[:300]
-
-
-def _contact_errors(body: Any) -> dict[str, list[str]]:
-    """``{"errors": [{"email": e, "errors": {attr: [msg]}}]}`` → {email: ["attr: msg", ...]}."""
-    found: dict[str, list[str]] = {}
-    items = body.get("errors") if isinstance(body, dict) else None
-    if not isinstance(items, list):
-        return found
-    for item in items:
-        if not isinstance(item, dict) or not isinstance(item.get("email"), str):
-            continue
-        raw = item.get("errors")
-        reasons: dict[str, Any] = raw if isinstance(raw, dict) else {}
-        messages = [f"{attr}: {msg}" for attr, msgs in reasons.items()
-                    for msg in (msgs if isinstance(msgs, list) else [msgs])]
-        found.setdefault(item["email"].strip().lower(), []).extend(messages or ["rejected"])
-    return found
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date), capped; else None."""
-    value = (response.headers.get("Retry-After") or "").strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            moment = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        seconds = (moment - datetime.now(UTC)).total_seconds()
-    return min(max(0.0, seconds), MAX_RETRY_AFTER)
-
-
-def _items(data: Any, what: str) -> list[dict[str, Any]]:
-    if not isinstance(data, list) or not all(isinstance(i, dict) for i in data):
-        raise MailtrapError(f"unexpected answer listing {what}", body=data)
-    return data
-
-
-def _object(data: Any, what: str) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise MailtrapError(f"unexpected answer for {what}", body=data)
-    return data
-
-
-def _import_result(data: Any) -> ImportResult:
-    body = _object(data, "import")
-    status, ident = body.get("status"), body.get("id")
-    if not isinstance(ident, int) or status not in IMPORT_STATUSES:
-        raise MailtrapError(f"unexpected import answer: {str(body)[:200]}", body=body)
-    counts = {k: body.get(k) for k in ("created_contacts_count", "updated_contacts_count",
-                                        "contacts_over_limit_count")}
-    return ImportResult(ident, str(status), **{k: v if isinstance(v, int) else None
-                                               for k, v in counts.items()})

@@ -7,25 +7,29 @@ window). The limiters are shared by every client (and so every pipeline and thre
 process: one per account and one per token, keyed by the account id and a digest of the token
 (never the token itself) and by the configured rate.
 
-Two choices worth knowing:
+The limiter counts a request when its permit is taken; Mailtrap counts it when it arrives, which
+can be as late as when it ends (a large import body takes a while to upload). Two rules keep
+Mailtrap's count at or under the limit all the same:
 
-- **A margin on each window.** The limiter counts a request when its permit is taken; Mailtrap
-  counts it when it arrives. Two requests one window apart can arrive less than a window apart
-  when the first was slower on the wire, so each window is widened by 2 % (at least 100 ms).
-  This costs 2 % of the budget and keeps a burst from tipping over the limit.
-- **Account first, then token.** With one token per account (the usual case) the account limit
-  is the one that binds, so the long wait happens first and the token permit is taken just
-  before the request leaves.
+- **A margin on each window**: 2 % of it, at least 100 ms, for ordinary latency.
+- **A slow request is counted again when it ends** (``settle``): one more permit from each limit
+  whose margin it outlasted. For requests made one after another (a run) this bounds every
+  window as Mailtrap counts it, whatever the latency; requests made at the same time from several
+  threads can still overlap by as many as are in flight.
 
-``acquire`` can be told to give up (``should_stop``), so a stop request (SIGTERM) never waits for
-a window that may be a minute away.
+Account first, then token: with one token per account the account limit is the one that binds,
+so the long wait happens first and the token permit is taken just before the request leaves.
+Waits can be given up (``should_stop``), so a stop request never waits for a window that may be
+a minute away.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from pyrate_limiter import Duration, Limiter, Rate
 
@@ -35,25 +39,39 @@ MARGIN_SHARE = 0.02  # of each window, see the module docstring
 MIN_MARGIN_S = 0.1
 STOP_CHECK_S = 0.2  # how often a blocked acquire looks at should_stop
 
+StopCheck = Callable[[], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class _Limit:
+    limiter: Limiter
+    margin_s: float
+
+
 _lock = threading.Lock()
-_limiters: dict[tuple[str, str, str], Limiter] = {}
+_limits: dict[tuple[str, str, str], _Limit] = {}
+
+
+def margin(seconds: float) -> float:
+    """The margin added to a published window of ``seconds``."""
+    return max(MIN_MARGIN_S, seconds * MARGIN_SHARE)
 
 
 def window_ms(seconds: float) -> int:
     """The window the limiter enforces for a published window of ``seconds``: with the margin."""
-    return round((seconds + max(MIN_MARGIN_S, seconds * MARGIN_SHARE)) * Duration.SECOND)
+    return round((seconds + margin(seconds)) * Duration.SECOND)
 
 
-def _limiter(scope: str, ident: str, rate: str) -> Limiter:
+def _limit(scope: str, ident: str, rate: str) -> _Limit:
     count, seconds = parse_rate(rate)
     key = (scope, ident, rate)
     with _lock:
-        if key not in _limiters:
-            _limiters[key] = Limiter(Rate(count, window_ms(seconds)))
-        return _limiters[key]
+        if key not in _limits:
+            _limits[key] = _Limit(Limiter(Rate(count, window_ms(seconds))), margin(seconds))
+        return _limits[key]
 
 
-def _take(limiter: Limiter, name: str, should_stop: Callable[[], bool] | None) -> bool:
+def _take(limiter: Limiter, name: str, should_stop: StopCheck | None) -> bool:
     """One permit, blocking; False if ``should_stop`` turned true while waiting for it."""
     if should_stop is None:
         # Blocking without a timeout only returns False for a weight the rate can never admit,
@@ -70,18 +88,30 @@ class Pacer:
 
     def __init__(self, *, token: str, account_rate: str, token_rate: str) -> None:
         self._token_id = hashlib.sha256(token.encode()).hexdigest()[:16]
-        self._token = _limiter("token", self._token_id, token_rate)
+        self._token = _limit("token", self._token_id, token_rate)
         self._account_rate = account_rate
 
-    def acquire(
-        self, account_id: int | None, should_stop: Callable[[], bool] | None = None
-    ) -> bool:
+    def acquire(self, account_id: int | None, should_stop: StopCheck | None = None
+                ) -> float | None:
         """Take one permit of each limit; ``account_id`` None outside the contacts API.
 
-        Returns False (having sent nothing) when ``should_stop`` says so while waiting.
+        Returns when the permits were taken (for ``settle``), or None, having taken no more,
+        when ``should_stop`` says so while waiting.
         """
-        if account_id is not None:
-            account = _limiter("account", str(account_id), self._account_rate)
-            if not _take(account, f"account-{account_id}", should_stop):
-                return False
-        return _take(self._token, f"token-{self._token_id}", should_stop)
+        for limit, name in self._limits(account_id):
+            if not _take(limit.limiter, name, should_stop):
+                return None
+        return time.monotonic()
+
+    def settle(self, account_id: int | None, taken: float,
+               should_stop: StopCheck | None = None) -> None:
+        """After the request: count it again under each limit whose margin it outlasted."""
+        held = time.monotonic() - taken
+        for limit, name in self._limits(account_id):
+            if held > limit.margin_s:
+                _take(limit.limiter, name, should_stop)
+
+    def _limits(self, account_id: int | None) -> list[tuple[_Limit, str]]:
+        found = [] if account_id is None else [
+            (_limit("account", str(account_id), self._account_rate), f"account-{account_id}")]
+        return [*found, (self._token, f"token-{self._token_id}")]

@@ -59,7 +59,7 @@ def test_blocking_acquire_waits_for_a_free_permit() -> None:
     pacer = Pacer(token=token, account_rate="4/0.5s", token_rate="1000/10s")
     taken = []
     for _ in range(10):
-        assert pacer.acquire(account)
+        assert pacer.acquire(account) is not None
         taken.append(time.monotonic())
     assert len(taken) == 10
     assert _max_in_window(taken, 0.5) <= 4
@@ -72,7 +72,7 @@ def test_token_limit_applies_across_accounts() -> None:
     pacer = Pacer(token=token, account_rate="1000/10s", token_rate="3/0.5s")
     taken = []
     for account in [first, second, None, first, second, None, first, second]:
-        assert pacer.acquire(account)
+        assert pacer.acquire(account) is not None
         taken.append(time.monotonic())
     assert _max_in_window(taken, 0.5) <= 3
 
@@ -99,27 +99,43 @@ def test_limiters_are_shared_by_every_pacer_in_the_process() -> None:
     assert _max_in_window(taken, 0.5) <= 4
 
 
+def test_a_slow_request_is_counted_again_when_it_ends() -> None:
+    """A request that outlasts the margin may reach the server as late as it ends; counted
+    again then, fast ones after it still fit the window as the server counts arrivals."""
+    account, token = _unique("slow")
+    pacer = Pacer(token=token, account_rate="3/0.5s", token_rate="1000/10s")
+    arrivals = []
+    for slow in (True, False, False, False, False, False):
+        taken = pacer.acquire(account)
+        assert taken is not None
+        if slow:
+            time.sleep(0.4)  # a large body: it arrives only now
+        arrivals.append(time.monotonic())
+        pacer.settle(account, taken)
+    assert _max_in_window(arrivals, 0.5) <= 3
+
+
 def test_the_token_itself_is_never_a_key() -> None:
     """Limiters are keyed by a digest of the token, never by the token."""
     account, token = _unique("secret-token-value")
     Pacer(token=token, account_rate="5/1s", token_rate="5/1s").acquire(account)
-    assert not any(token in str(key) for key in pacing._limiters)
+    assert not any(token in str(key) for key in pacing._limits)
 
 
 def test_stop_gives_up_a_blocked_acquire() -> None:
-    """A blocked acquire returns False soon after should_stop turns true, taking no permit."""
+    """A blocked acquire returns None soon after should_stop turns true, taking no permit."""
     account, token = _unique("stop")
     pacer = Pacer(token=token, account_rate="1/60s", token_rate="1000/10s")
-    assert pacer.acquire(account)
+    assert pacer.acquire(account) is not None
     stop = threading.Event()
-    result: list[bool] = []
+    result: list[float | None] = []
     thread = threading.Thread(target=lambda: result.append(pacer.acquire(account, stop.is_set)))
     thread.start()
     thread.join(timeout=0.3)
     assert thread.is_alive()
     stop.set()
     thread.join(timeout=5)
-    assert result == [False]
+    assert result == [None]
 
 
 def test_client_stays_under_the_configured_rate(double: MailtrapDouble) -> None:

@@ -21,7 +21,8 @@ from sync_service.errors import (
     MailtrapRetriable,
     MailtrapValidationError,
 )
-from sync_service.mailtrap.client import MAX_RETRY_AFTER, MailtrapCancelled, MailtrapClient
+from sync_service.mailtrap.answers import MAX_RETRY_AFTER
+from sync_service.mailtrap.client import MailtrapCancelled, MailtrapClient
 from sync_service.mailtrap.double import DEFAULT_TOKEN, ImportPolicy, MailtrapDouble
 from sync_service.mailtrap.pacing import Pacer
 from tests.support.double_fixtures import BASE_URL, validating_transport

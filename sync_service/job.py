@@ -176,9 +176,10 @@ class SyncJob:
     def _attempt(self, run_id: int, result: RunResult, body: Callable[[BatchBuilder], None], *,
                  advance: bool) -> None:
         """Recover, then run ``body``; the outcome and error go into ``result``."""
-        courier = Courier(self.name, run_id, self.store, self.client,
-                          self.settings.mailtrap, result.counts, self.check_stop,
-                          self._stopping, self.observer)
+        courier = Courier(name=self.name, run_id=run_id, store=self.store, client=self.client,
+                          mailtrap=self.settings.mailtrap, counts=result.counts,
+                          check_stop=self.check_stop, stopping=self._stopping,
+                          observer=self.observer)
         try:
             builder = BatchBuilder(courier, self.pipeline.batch_size, advance=advance)
             courier.recover()

@@ -438,20 +438,17 @@ def _check_posts(world: World, kills: list[tuple[str, dict[str, Any]]],
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_stop_signal_ends_the_run_cleanly(world: World, signum: int) -> None:
-    """SIGTERM or SIGINT while an import is polled: no new import is posted, the process exits
+    """SIGTERM or SIGINT as an import is accepted: no new import is posted, the process exits
     1 within 30 s with the run recorded as interrupted, and the next run finishes the job by
-    polling the import it left (the signal is sent between two polls: see the next test)."""
+    polling the import it left."""
     world.source.insert(range(1, 501))
     world.double.import_policy = ImportPolicy(polls_to_finish=None, seconds_to_finish=2.0)
     trap = world.tripwire.arm("post", 2, "notify")
     process = world.start()
     assert world.tripwire.hit.wait(60), "the run never posted its second import"
+    process.send_signal(signum)  # as the job records the import and logs it
     import_id = orjson.loads(trap.detail["answer"])["id"]
-    deadline = time.monotonic() + 10
-    while not _polled(world.double, import_id) and time.monotonic() < deadline:
-        time.sleep(0.01)
     posted = len(world.double.imports())
-    process.send_signal(signum)
 
     assert process.wait(timeout=30) == 1
     assert len(world.double.imports()) == posted
@@ -467,11 +464,6 @@ def test_stop_signal_ends_the_run_cleanly(world: World, signum: int) -> None:
     contacts = world.double.contacts()
     assert {e: dict(c.fields) for e, c in contacts.items()} == world.source.expected()
     assert len(world.double.imports()) == 5  # 500 contacts in batches of 100, none twice
-
-
-def _polled(double: MailtrapDouble, import_id: int) -> bool:
-    return any(r.method == "GET" and r.path.endswith(f"/contacts/imports/{import_id}")
-               for r in double.requests())
 
 
 _SIGNAL_DURING_A_WRITE = """
@@ -508,10 +500,11 @@ print("stopped", stop.is_set(), flush=True)
 
 
 def test_signal_during_a_log_write_still_stops() -> None:
-    """A SIGTERM that arrives while a log line is being written still stops the process."""
+    """A SIGTERM that arrives while a log line is being written still stops the process (the
+    handler must not log: structlog's write lock is not re-entrant)."""
     done = subprocess.run([sys.executable, "-c", _SIGNAL_DURING_A_WRITE], cwd=REPO,
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-                          capture_output=True, timeout=5, check=False)
+                          capture_output=True, timeout=20, check=False)
     assert done.stdout.decode().rstrip().endswith("stopped True")
 
 

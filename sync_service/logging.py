@@ -16,7 +16,12 @@ from typing import Any, TextIO
 import structlog
 
 _SECRETS: set[str] = set()
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^:/@\s]+):(?P<pw>[^@\s]+)@", re.I)
+# Bounded repetitions, anchored after a non-scheme character: linear on long values (an
+# unbounded scheme run backtracked quadratically on a 4 MB value).
+_URL_PASSWORD = re.compile(
+    r"(?<![a-z0-9+.-])(?P<scheme>[a-z][a-z0-9+.-]{0,31}://[^:/@\s]{1,256}):(?P<pw>[^@\s]{1,512})@",
+    re.I,
+)
 REDACTED = "***"
 _SELF_CONFIGURED = ("uvicorn", "uvicorn.error", "uvicorn.access", "alembic")
 

@@ -78,7 +78,12 @@ def normalise_email(value: Any) -> str:
         info = validate_email(text, check_deliverability=False)
     except EmailNotValidError as exc:
         raise MappingRejected(RejectKind.INVALID_EMAIL, f"invalid email {text!r}: {exc}") from exc
-    return (info.ascii_email or info.normalized).lower()
+    return _sendable(info.local_part, info.ascii_domain)
+
+
+def _sendable(local_part: str, ascii_domain: str) -> str:
+    """One spelling per address: the domain always in its ASCII (IDNA) form."""
+    return f"{local_part}@{ascii_domain}".lower()
 
 
 def _as_text(value: Any) -> str:

@@ -61,3 +61,16 @@ def test_library_log_records_are_json_lines_too() -> None:
     assert event["logger"] == "uvicorn.error"
     assert event["level"] == "warning"
     assert "pw12345" not in event["event"]
+
+
+def test_redaction_is_linear_on_long_values() -> None:
+    """A multi-megabyte value without a URL is redacted at once (no catastrophic backtracking)."""
+    import time
+
+    from sync_service.logging import redact
+
+    text = "a" * 4_000_000 + " postgresql://u:secret99@h/db"
+    started = time.perf_counter()
+    out = redact(text)
+    assert "secret99" not in out
+    assert time.perf_counter() - started < 30  # a bound on a hang, not a speed target

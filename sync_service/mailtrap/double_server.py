@@ -34,6 +34,7 @@ def serve(double: MailtrapDouble, host: str = "127.0.0.1", port: int = 0) -> Ite
         lifespan="off",
         proxy_headers=False,
         access_log=False,
+        log_config=None,  # keep the process's logging as it is configured
         log_level="warning",
         timeout_graceful_shutdown=2,
     )

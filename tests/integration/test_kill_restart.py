@@ -11,7 +11,6 @@ test edits between runs; the state store is another SQLite file the test reads b
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 import signal
 import subprocess
@@ -45,18 +44,6 @@ from tests.support.harness import FIELDS, T0, Source, customers
 PIPELINE = "customers"
 REPO = Path(__file__).resolve().parents[2]
 HOLD_LIMIT_S = 15.0  # a held request is let go after this, whatever happens
-
-
-@pytest.fixture(autouse=True)
-def _uvicorn_logging_kept() -> Iterator[None]:
-    """``serve()`` lets uvicorn apply its default logging config, after which uvicorn's records
-    no longer reach the root handler for the rest of the process: put its loggers back."""
-    loggers = [logging.getLogger(name) for name in ("uvicorn", "uvicorn.error", "uvicorn.access")]
-    saved = [(lg.handlers[:], lg.propagate, lg.level, lg.disabled) for lg in loggers]
-    yield
-    for lg, (handlers, propagate, level, disabled) in zip(loggers, saved, strict=True):
-        lg.handlers[:], lg.propagate, lg.disabled = handlers, propagate, disabled
-        lg.setLevel(level)
 
 
 @dataclass

@@ -8,7 +8,6 @@ validation, as in ``test_sync_e2e``; the command line where the behaviour is a c
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -32,18 +31,6 @@ from tests.support.openapi import ValidatingTransport
 
 PIPELINE = "customers"
 IMPORTS_PATH = "/contacts/imports"
-
-
-@pytest.fixture(autouse=True)
-def _uvicorn_logging_kept() -> Iterator[None]:
-    """``serve()`` lets uvicorn apply its default logging config, after which uvicorn's records
-    no longer reach the root handler for the rest of the process: put its loggers back."""
-    loggers = [logging.getLogger(name) for name in ("uvicorn", "uvicorn.error", "uvicorn.access")]
-    saved = [(lg.handlers[:], lg.propagate, lg.level, lg.disabled) for lg in loggers]
-    yield
-    for lg, (handlers, propagate, level, disabled) in zip(loggers, saved, strict=True):
-        lg.handlers[:], lg.propagate, lg.disabled = handlers, propagate, disabled
-        lg.setLevel(level)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from sync_service.errors import StateError, SyncError
 from sync_service.job import PlanReport, RunResult, SyncJob
 from sync_service.logging import redact
 from sync_service.models import Position, StoredContact
-from sync_service.runtime import build_client, open_store
+from sync_service.runtime import build_client
 from sync_service.settings import AppSettings, PipelineSettings
 from sync_service.state import BatchRecord, RejectionRecord, RunRecord, StateStore
 
@@ -161,19 +161,22 @@ def _check(label: str, action: Any) -> bool:
 def run_checks(settings: AppSettings, pipelines: Sequence[PipelineSettings]) -> bool:
     """Check each moving part; print one line per check; True when all pass."""
     _console.print("[green]✓[/green] configuration", highlight=False)
-    ok = _check("state store", lambda: _store_reachable(settings))
-    with build_client(settings) as client:
-        ok &= _check("token and account", lambda: f"account {client.account_id}")
-        for pipeline in pipelines:
-            job = SyncJob(settings=settings, pipeline=pipeline, store=None,  # type: ignore[arg-type]
-                          client=client)
-            ok &= _check(f"{pipeline.name}: lists and fields", lambda job=job: _mapping(job))
-            ok &= _check(f"{pipeline.name}: source", lambda job=job: _source(job))
+    store = StateStore.from_url(settings.state.url)  # connects lazily: checked just below
+    try:
+        ok = _check("state store", lambda: _store_reachable(store))
+        with build_client(settings) as client:
+            ok &= _check("token and account", lambda: f"account {client.resolve_account()}")
+            for pipeline in pipelines:
+                job = SyncJob(settings=settings, pipeline=pipeline, store=store, client=client)
+                ok &= _check(f"{pipeline.name}: lists and fields", lambda job=job: _mapping(job))
+                ok &= _check(f"{pipeline.name}: source", lambda job=job: _source(job))
+    finally:
+        store.close()
     return ok
 
 
-def _store_reachable(settings: AppSettings) -> str:
-    open_store(settings).close()
+def _store_reachable(store: StateStore) -> str:
+    store.ensure_schema()
     return "reachable"
 
 

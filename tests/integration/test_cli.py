@@ -219,3 +219,15 @@ def test_db_upgrade_on_an_empty_database(engine: str, tmp_path: Path, served: st
         assert store.schema_revision() == store.head_revision()
     finally:
         store.close()
+
+
+def test_check_verifies_the_token_even_with_an_account_id_configured(
+        workdir: tuple[Path, Source], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`check` asks Mailtrap about the token although the account id is configured."""
+    config, _ = workdir
+    monkeypatch.setenv("MAILTRAP_ACCOUNT_ID", "1001")
+    monkeypatch.setenv("MAILTRAP_API_TOKEN", "refused-token-77a1")
+    result = _cli("--config", str(config), "check")
+    assert result.exit_code == 1
+    assert "✗ token and account" in result.output
+    assert "refused-token-77a1" not in result.output

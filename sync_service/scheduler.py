@@ -47,10 +47,10 @@ from sync_service.job import RunResult, SyncJob, new_owner
 from sync_service.mailtrap.client import MailtrapClient
 from sync_service.metrics import Metrics
 from sync_service.models import ImportResult, RunKind, RunOutcome
-from sync_service.runtime import EXIT_FAILED, EXIT_OK, build_client, open_store
 from sync_service.settings import AppSettings, DaemonSettings, PipelineSettings, parse_duration
 from sync_service.state import StateStore
 from sync_service.web import WebServer, create_app, parse_listen
+from sync_service.wiring import EXIT_FAILED, EXIT_OK, build_client, open_store
 
 log = structlog.get_logger(__name__)
 DAEMON_LEASE = "__daemon__"  # the SQLite claim; pipeline names cannot start with "_"

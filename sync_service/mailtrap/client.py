@@ -1,8 +1,8 @@
 """A synchronous client for the parts of Mailtrap's contacts API that mailtrap-sync uses.
 
-It knows nothing of the state store. It takes an ``httpx`` transport (tests pass the in-process
-double), paces every request under Mailtrap's limits, retries what is retriable with exponential
-backoff and jitter (tenacity), and turns every answer it did not expect into a ``MailtrapError``.
+It knows nothing of the state store. It takes an injected ``httpx`` transport, paces every
+request under Mailtrap's limits, retries what is retriable with exponential backoff and jitter
+(tenacity), and turns every answer it did not expect into a ``MailtrapError``.
 Which statuses are retriable is decided in exactly one place: ``answers.raise_for`` (429, 408
 and 5xx); timeouts and dropped connections are retriable too. A 429's ``Retry-After`` is
 honoured, plus jitter.

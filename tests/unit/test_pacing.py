@@ -16,9 +16,9 @@ from pydantic import ValidationError
 
 from sync_service.mailtrap import pacing
 from sync_service.mailtrap.client import MailtrapClient
-from sync_service.mailtrap.double import MailtrapDouble, RateLimits
 from sync_service.mailtrap.pacing import Pacer, window_ms
 from sync_service.settings import PacingSettings
+from sync_service.testing.mailtrap.double import MailtrapDouble, RateLimits
 from tests.support.double_fixtures import BASE_URL, validating_transport
 
 _accounts = itertools.count(90_001)

@@ -15,12 +15,12 @@ from structlog.testing import capture_logs
 
 from sync_service.crontab import crontab_trigger, crontab_weekdays
 from sync_service.errors import ConfigError
-from sync_service.mailtrap.double import DEFAULT_TOKEN, MailtrapDouble
 from sync_service.models import RunOutcome
-from sync_service.runtime import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from sync_service.scheduler import DAEMON_LEASE, Backoff, Daemon, trigger_for
 from sync_service.settings import AppSettings, load_settings
 from sync_service.state import StateStore
+from sync_service.testing.mailtrap.double import DEFAULT_TOKEN, MailtrapDouble
+from sync_service.wiring import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from tests.integration.daemon_support import PIPELINE, Source, cli, cli_env, wait_for, write_config
 from tests.support.double_fixtures import BASE_URL, validating_transport
 

@@ -34,13 +34,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sync_service.mailtrap import double_contacts as contacts
-from sync_service.mailtrap.double_limits import DropError, Fault
-from sync_service.mailtrap.double_model import Account, ApiError, Json, LoggedRequest
-from sync_service.mailtrap.transport import ConnectionDropped
+from sync_service.testing.mailtrap import contacts
+from sync_service.testing.mailtrap.limits import DropError, Fault
+from sync_service.testing.mailtrap.model import Account, ApiError, Json, LoggedRequest
+from sync_service.testing.mailtrap.transport import ConnectionDropped
 
 if TYPE_CHECKING:
-    from sync_service.mailtrap.double import MailtrapDouble
+    from sync_service.testing.mailtrap.double import MailtrapDouble
 
 RATE_LIMITED: Json = {"errors": "Rate limit exceeded"}
 UNEXPECTED: Json = {"errors": "Unexpected error"}

@@ -15,9 +15,9 @@ Reach it in-process with ``InProcessTransport(double.app)`` or over HTTP with
 
 State is plain objects guarded by ``double.lock`` (re-entrant): requests are served under it, so
 a test may inspect while a server thread answers. Behaviour rules are documented where they
-live: ``double_rules`` (422s), ``double_contacts`` (imports), ``double_limits`` (knobs).
+live: ``rules`` (422s), ``contacts`` (imports), ``limits`` (knobs).
 
-Run one by hand: ``python -m sync_service.mailtrap.double --port 8025``.
+Run one by hand: ``python -m sync_service.testing.mailtrap.double --port 8025``.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from collections.abc import Callable, Iterable, Mapping
 
 from starlette.types import ASGIApp
 
-from sync_service.mailtrap import double_contacts as contacts
-from sync_service.mailtrap.double_app import build_app
-from sync_service.mailtrap.double_limits import (
+from sync_service.testing.mailtrap import contacts
+from sync_service.testing.mailtrap.app import build_app
+from sync_service.testing.mailtrap.limits import (
     DropError,
     FakeClock,
     Fault,
@@ -41,7 +41,7 @@ from sync_service.mailtrap.double_limits import (
     RateLimits,
     SlidingWindow,
 )
-from sync_service.mailtrap.double_model import (
+from sync_service.testing.mailtrap.model import (
     ApiError,
     ContactView,
     FieldView,
@@ -50,8 +50,8 @@ from sync_service.mailtrap.double_model import (
     LoggedRequest,
     email_key,
 )
-from sync_service.mailtrap.double_server import serve
-from sync_service.mailtrap.double_state import OWNER, DoubleState
+from sync_service.testing.mailtrap.server import serve
+from sync_service.testing.mailtrap.state import OWNER, DoubleState
 
 __all__ = [
     "DEFAULT_ACCOUNT_ID",
@@ -276,7 +276,7 @@ class MailtrapDouble:
             best = max(best, end - start + 1)
         return best
 
-    # the app's interface (double_app calls these under or around the lock)
+    # the app's interface (app.py calls these under or around the lock)
 
     def _admit_rate(self, token: str, account_id: int | None) -> None:
         now, limits = self.clock(), self.rate_limits

@@ -3,7 +3,7 @@
 ``serve(double)`` is a context manager yielding the base URL (with the port the OS picked when
 ``port=0``); leaving it stops the server and joins its thread. Used by ``mailtrap-sync demo``,
 the benchmarks, and tests that need a real socket. The h11 protocol is forced because dropping a
-connection on purpose relies on its request cycle (see ``double_app._drop``).
+connection on purpose relies on its request cycle (see ``app._drop``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import uvicorn
 
 if TYPE_CHECKING:
-    from sync_service.mailtrap.double import MailtrapDouble
+    from sync_service.testing.mailtrap.double import MailtrapDouble
 
 _START_TIMEOUT = 10.0
 

@@ -9,8 +9,8 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from sync_service.mailtrap.double import DropError, MailtrapDouble
-from sync_service.mailtrap.transport import ConnectionDropped, InProcessTransport
+from sync_service.testing.mailtrap.double import DropError, MailtrapDouble
+from sync_service.testing.mailtrap.transport import ConnectionDropped, InProcessTransport
 from tests.support.double_fixtures import BASE_URL, CONTACTS, mailtrap_client
 
 

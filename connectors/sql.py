@@ -42,11 +42,12 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
-from connectors.sql_settings import SqlSourceSettings
-from connectors.sql_source import SourceShape, describe, probe_key_type, reason
-from connectors.sql_values import coerce, lookback_start
 from sync_service.errors import ConfigError, SourceError
 from sync_service.models import Position, SourceRecord
+
+from .sql_settings import SqlSourceSettings
+from .sql_source import SourceShape, describe, probe_key_type, reason
+from .sql_values import coerce, lookback_start
 
 __all__ = ["SqlConnector", "SqlSourceSettings"]
 

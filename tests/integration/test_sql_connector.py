@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from structlog.testing import capture_logs
 
-from connectors.sql import SqlConnector, SqlSourceSettings
+from sync_service.connectors.sql import SqlConnector, SqlSourceSettings
 from sync_service.errors import ConfigError, SourceError
 from sync_service.models import Position, SourceRecord
 

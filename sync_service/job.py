@@ -32,10 +32,10 @@ from typing import Any, Protocol
 import structlog
 
 from sync_service.connector import Connector, load_connector
-from sync_service.delivery import BatchBuilder, Courier, Interrupted, Sink, count_change
+from sync_service.delivery import BatchBuilder, Courier, Sink, count_change
 from sync_service.diff import Change, Differ
-from sync_service.errors import ConfigError, PipelineBusy, SyncError
-from sync_service.mailtrap.client import MailtrapCancelled, MailtrapClient
+from sync_service.errors import ConfigError, Interrupted, PipelineBusy, Stopped, SyncError
+from sync_service.mailtrap.client import MailtrapClient
 from sync_service.mapping import Mapper
 from sync_service.models import (
     ChangeKind,
@@ -185,7 +185,7 @@ class SyncJob:
             courier.recover()
             body(builder)
             result.outcome = RunOutcome.SUCCEEDED
-        except (Interrupted, MailtrapCancelled) as exc:
+        except Stopped as exc:
             result.outcome, result.error = RunOutcome.INTERRUPTED, str(exc)
         except SyncError as exc:
             result.outcome, result.error = RunOutcome.FAILED, str(exc)

@@ -45,11 +45,12 @@ from sync_service.errors import (
     ConfigError,
     FatalError,
     MailtrapAuthError,
-    MailtrapError,
     MailtrapNotFound,
     MailtrapRateLimited,
     MailtrapRetriable,
+    MailtrapUnexpectedAnswer,
 )
+from sync_service.errors import MailtrapCancelled as MailtrapCancelled  # noqa: PLC0414 - old home
 from sync_service.mailtrap.answers import as_object, import_result, items, raise_for
 from sync_service.mailtrap.pacing import Pacer
 from sync_service.models import ImportResult
@@ -60,10 +61,6 @@ ResponseHook = Callable[[str, int], None]
 StopCheck = Callable[[], bool]
 # The stop check of the code running in this thread (see ``MailtrapClient.stoppable``).
 _should_stop: ContextVar[StopCheck | None] = ContextVar("mailtrap_should_stop", default=None)
-
-
-class MailtrapCancelled(MailtrapError):
-    """A wait (permit, back-off, poll) given up because the caller asked to stop."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +136,7 @@ class MailtrapClient:
     def accounts(self) -> list[dict[str, Any]]:
         data = self._request("GET", "/api/accounts", group="accounts", scoped=False)
         if not isinstance(data, list):
-            raise MailtrapError("GET /api/accounts did not answer a list", body=data)
+            raise MailtrapUnexpectedAnswer("GET /api/accounts did not answer a list", body=data)
         return [a for a in data if isinstance(a, dict)]
 
     @property

@@ -9,6 +9,7 @@ editable finder, which a ``.pth``-added directory does not activate).
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -28,10 +29,13 @@ pytestmark = pytest.mark.timeout(240)
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The project's wheel, built from the working tree."""
+    """The project's wheel, built from a copy of the working tree (no stale ``build/``)."""
+    source = tmp_path_factory.mktemp("source") / "tree"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".*", "build", "dist", "*.egg-info", "__pycache__", "tests", "bench", "*.db"))
     out = tmp_path_factory.mktemp("wheel")
     _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out),
-          str(REPO)])
+          str(source)])
     (built,) = out.glob("mailtrap_sync-*.whl")
     return built
 

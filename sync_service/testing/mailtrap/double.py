@@ -276,9 +276,15 @@ class MailtrapDouble:
             best = max(best, end - start + 1)
         return best
 
-    # the app's interface (app.py calls these under or around the lock)
+    # the app's interface (``app.Backend``: the app calls these under or around the lock)
 
-    def _admit_rate(self, token: str, account_id: int | None) -> None:
+    @property
+    def state(self) -> DoubleState:
+        """The accounts, contacts and imports themselves (for the app; tests use the views)."""
+        return self._state
+
+    def admit_rate(self, token: str, account_id: int | None) -> None:
+        """Count one request against the rate windows; ApiError 429 when over a limit."""
         now, limits = self.clock(), self.rate_limits
         by_token, by_account = ("token", token), ("account", account_id)
         if not self._windows.admits(by_token, now, limits.token_requests, limits.token_window):
@@ -291,7 +297,8 @@ class MailtrapDouble:
         if account_id is not None:
             self._windows.record(by_account, now)
 
-    def _next_fault(self) -> tuple[Fault | None, DropError]:
+    def next_fault(self) -> tuple[Fault | None, DropError]:
+        """The outcome forced or drawn for the request now arriving, and how a drop looks."""
         with self.lock:
             self._settle()
             faults = self.faults
@@ -313,18 +320,21 @@ class MailtrapDouble:
             return "500"
         return None
 
-    def _import_fails(self) -> bool:
+    def import_fails(self) -> bool:
+        """Whether an import finishing now fails (drawn from the seeded failure rate)."""
         rate = self.faults.import_failure_rate
         return rate > 0 and self._rng.random() < rate
 
-    def _rejected_emails(self) -> frozenset[str]:
+    def rejected_emails(self) -> frozenset[str]:
+        """Lower-cased emails that imports and contact calls must refuse."""
         return frozenset(email_key(e) for e in self.faults.reject_emails)
 
     def _settle(self) -> None:
         if self._state.pending:
-            contacts.settle_imports(self._state, self.clock(), self._import_fails)
+            contacts.settle_imports(self._state, self.clock(), self.import_fails)
 
-    def _record(self, entry: LoggedRequest) -> None:
+    def record(self, entry: LoggedRequest) -> None:
+        """Append one request to the log."""
         with self.lock:
             self._log.append(entry)
 

@@ -1,63 +1,39 @@
-"""Serve a Mailtrap double over real HTTP: uvicorn in a background thread.
+"""Serve a Mailtrap double over real HTTP, with the daemon's own server helper.
 
 ``serve(double)`` is a context manager yielding the base URL (with the port the OS picked when
 ``port=0``); leaving it stops the server and joins its thread. Used by ``mailtrap-sync demo``,
-the benchmarks, and tests that need a real socket. The h11 protocol is forced because dropping a
-connection on purpose relies on its request cycle (see ``app._drop``).
+the benchmarks, and tests that need a real socket. It runs ``sync_service.web.WebServer`` (uvicorn
+on a daemon thread) with the h11 protocol forced, because dropping a connection on purpose relies
+on its request cycle (see ``app._drop``). A busy or bad address raises ``ConfigError``.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-import uvicorn
+from starlette.types import ASGIApp
 
-if TYPE_CHECKING:
-    from sync_service.testing.mailtrap.double import MailtrapDouble
+from sync_service.web import WebServer
 
-_START_TIMEOUT = 10.0
+_STOP_TIMEOUT = 4.0
+
+
+class Servable(Protocol):
+    """Anything with an ASGI ``app`` (the double)."""
+
+    @property
+    def app(self) -> ASGIApp: ...
 
 
 @contextmanager
-def serve(double: MailtrapDouble, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+def serve(double: Servable, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
     """Run ``double`` on ``host:port`` until the block ends; yields ``http://host:port``."""
-    config = uvicorn.Config(
-        double.app,
-        host=host,
-        port=port,
-        http="h11",
-        ws="none",
-        lifespan="off",
-        proxy_headers=False,
-        access_log=False,
-        log_config=None,  # keep the process's logging as it is configured
-        log_level="warning",
-        timeout_graceful_shutdown=2,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="mailtrap-double-server", daemon=True)
-    thread.start()
+    server = WebServer(double.app, host, port, name="mailtrap-double", http="h11")
+    server.start()
     try:
-        bound = _wait_until_started(server, thread)
         url_host = f"[{host}]" if ":" in host else host
-        yield f"http://{url_host}:{bound}"
+        yield f"http://{url_host}:{server.address[1]}"
     finally:
-        server.should_exit = True
-        thread.join(timeout=_START_TIMEOUT)
-
-
-def _wait_until_started(server: uvicorn.Server, thread: threading.Thread) -> int:
-    deadline = time.monotonic() + _START_TIMEOUT
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("the Mailtrap double's server failed to start (port in use?)")
-        if time.monotonic() > deadline:
-            server.should_exit = True
-            raise RuntimeError("the Mailtrap double's server did not start in time")
-        time.sleep(0.01)
-    port: int = server.servers[0].sockets[0].getsockname()[1]
-    return port
+        server.stop(_STOP_TIMEOUT)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import structlog
 
@@ -48,11 +48,9 @@ from sync_service.models import (
     Rejection,
     RejectKind,
 )
+from sync_service.observers import RunObserver
 from sync_service.settings import MailtrapSettings
 from sync_service.state import StateStore
-
-if TYPE_CHECKING:
-    from sync_service.job import RunObserver
 
 log = structlog.get_logger(__name__)
 MAX_IMPORT_FAILURES = 4

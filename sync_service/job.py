@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
@@ -39,26 +39,18 @@ from sync_service.mailtrap.client import MailtrapClient
 from sync_service.mapping import Mapper
 from sync_service.models import (
     ChangeKind,
-    ImportResult,
     RunKind,
     RunOutcome,
     SourceRecord,
     StoredContact,
 )
+from sync_service.observers import RunObserver  # in __all__: its old home was this module
 from sync_service.settings import AppSettings, PipelineSettings, parse_duration
-from sync_service.state import StateStore
+from sync_service.state import StateReader, StateStore
 
 log = structlog.get_logger(__name__)
 READ_CHUNK = 2_000
 __all__ = ["PlanReport", "RunObserver", "RunResult", "SyncJob", "chunked", "new_owner"]
-
-
-class RunObserver(Protocol):
-    """What the job reports as it goes (metrics, progress); every method is optional work."""
-
-    def records_read(self, pipeline: str, count: int) -> None: ...
-
-    def import_done(self, pipeline: str, result: ImportResult) -> None: ...
 
 
 @dataclass
@@ -143,7 +135,7 @@ class SyncJob:
 
         return self._execute(RunKind.RETRY, body, advance=False)
 
-    def plan(self, *, sample: int = 5, state: Any = None) -> PlanReport:
+    def plan(self, *, sample: int = 5, state: StateReader | None = None) -> PlanReport:
         """What a sync would send now; sends nothing and writes nothing."""
         state = state or self.store
         report = PlanReport(self.name)
@@ -275,7 +267,8 @@ class SyncJob:
 
     # reading and deciding -----------------------------------------------------------------
     def _scan(
-        self, records: Iterable[SourceRecord], differ: Differ, sink: Sink, *, state: Any = None
+        self, records: Iterable[SourceRecord], differ: Differ, sink: Sink, *,
+        state: StateReader | None = None,
     ) -> None:
         state = state or self.store
         checked = False

@@ -45,7 +45,7 @@ from sync_service.models import (
     StoredContact,
 )
 from sync_service.observers import RunObserver  # in __all__: its old home was this module
-from sync_service.settings import AppSettings, PipelineSettings, parse_duration
+from sync_service.settings import AppSettings, PipelineSettings
 from sync_service.state import StateReader, StateStore
 
 log = structlog.get_logger(__name__)
@@ -107,7 +107,7 @@ class SyncJob:
         self.stop = stop or threading.Event()
         self.owner = owner or new_owner()
         self.observer = observer
-        self.lease_ttl = lease_ttl if lease_ttl is not None else parse_duration(settings.lease_ttl)
+        self.lease_ttl = lease_ttl if lease_ttl is not None else settings.lease_ttl
         self._lease_lost = threading.Event()
 
     # entry points ------------------------------------------------------------------------

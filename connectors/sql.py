@@ -117,15 +117,6 @@ class SqlConnector:
             stmt = shape.select().where(shape.key.in_(chunk)).order_by(shape.key)
             yield from self._run_page(stmt, shape, "fetching")
 
-    def estimate(self, since: Position | None) -> int:
-        """How many records ``read(since)`` would yield (one COUNT query; for progress bars)."""
-        shape = self._describe("counting")
-        typed = self._typed(shape, since)
-        stmt = (sa.select(sa.func.count()).select_from(shape.selectable)
-                .where(shape.key.is_not(None), self._range(shape, typed)))
-        with self._connection("counting") as conn:
-            return int(conn.execute(stmt).scalar_one())
-
     def close(self) -> None:
         """Dispose of the engine and its pooled connections."""
         self._engine.dispose()

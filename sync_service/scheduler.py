@@ -47,15 +47,16 @@ from sync_service.job import RunResult, SyncJob, new_owner
 from sync_service.mailtrap.client import MailtrapClient
 from sync_service.metrics import Metrics
 from sync_service.models import ImportResult, RunKind, RunOutcome
-from sync_service.runtime import EXIT_FAILED, EXIT_OK, build_client, open_store
+from sync_service.runtime import EXIT_FAILED, EXIT_OK, api_token, build_client, open_store
 from sync_service.settings import AppSettings, DaemonSettings, PipelineSettings, parse_duration
 from sync_service.state import StateStore
-from sync_service.web import WebServer, create_app, parse_listen
+from sync_service.web import CachedProbe, WebServer, create_app, parse_listen
 
 log = structlog.get_logger(__name__)
 DAEMON_LEASE = "__daemon__"  # the SQLite claim; pipeline names cannot start with "_"
 CLAIM_TTL_S, CLAIM_RENEW_S, CLAIM_POLL_S = 30.0, 5.0, 0.5
-READY_CACHE_S = 30.0
+READY_CACHE_S = 30.0  # a Mailtrap answer younger than this settles readiness
+READY_PROBE_TIMEOUT_S = 4.0  # under web.DEFAULT_READY_TIMEOUT_S
 MAX_PARALLEL_RUNS = 4  # memory grows with concurrent batches; the API budget is shared anyway
 
 
@@ -147,7 +148,7 @@ class Daemon:
                         for p in settings.pipelines}
         self._transport = transport
         self._scheduler: BackgroundScheduler | None = None
-        self._ready_cache: tuple[float, str | None] = (0.0, None)
+        self._probe_client: MailtrapClient | None = None
         self._running: set[str] = set()
 
     def run(self) -> int:
@@ -171,9 +172,19 @@ class Daemon:
         with ExitStack() as stack:
             client = stack.enter_context(build_client(
                 self.settings, transport=self._transport, observer=self.observer))
+            self._probe_client = stack.enter_context(self._readiness_client())
             store = open_store(self.settings)
             stack.callback(store.close)
             yield store, client
+
+    def _readiness_client(self) -> MailtrapClient:
+        """/readyz's own client: no pacer (it must not queue behind a run), no retries, a short
+        timeout. It asks at most once per READY_CACHE_S, and only when no run has talked to
+        Mailtrap within that time (``CachedProbe``)."""
+        cfg = self.settings.mailtrap
+        return MailtrapClient(token=api_token(self.settings), base_url=cfg.api_url,
+                              account_id=cfg.account_id, transport=self._transport,
+                              timeout=min(cfg.timeout, READY_PROBE_TIMEOUT_S), max_retries=0)
 
     # SQLite: one daemon per state store ----------------------------------------------------
     def _claim_sqlite(self, store: StateStore) -> bool:
@@ -297,16 +308,10 @@ class Daemon:
                 return str(exc)
             return None
 
-        def mailtrap() -> str | None:
-            checked_at, error = self._ready_cache
-            if time.monotonic() - checked_at > READY_CACHE_S or error is not None:
-                try:
-                    client.resolve_account()  # the token against the account, one request
-                    error = None
-                except SyncError as exc:
-                    error = str(exc)
-                self._ready_cache = (time.monotonic(), error)
-            return error
+        # Never through ``client``: its requests queue behind the sync's pacing.
+        probe = self._probe_client or client  # services() always sets it; a fallback for tests
+        mailtrap = CachedProbe(probe.resolve_account, self.metrics.last_api_answer,
+                               fresh_s=READY_CACHE_S)
 
         return {"state_store": state_store, "mailtrap": mailtrap}
 

@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from sync_service import __version__
 from sync_service.cli import render
 from sync_service.cli.checks import run_checks
+from sync_service.cli.explain import explain as explain_contact
 from sync_service.cli.group import Root
 from sync_service.cli.state_view import ReadOnlyState, run_import_counts, status_rows
 from sync_service.errors import ConfigError, PipelineBusy
@@ -211,6 +212,30 @@ def rejects(ctx: click.Context, pipeline: str, limit: int, as_json: bool) -> Non
     finally:
         store.close()
     render.print_rejects(rows, total, as_json=as_json)
+
+
+@cli.command()
+@click.argument("pipeline")
+@click.argument("contact", metavar="EMAIL|KEY")
+@click.option("--no-source", is_flag=True,
+              help="only the state store: do not re-read the source (nor ask Mailtrap)")
+@json_option
+@click.pass_context
+def explain(ctx: click.Context, pipeline: str, contact: str, no_source: bool,
+            as_json: bool) -> None:
+    """Everything known about one contact of PIPELINE, and what a sync would do with it now."""
+    settings = _settings(ctx)
+    chosen = settings.pipeline(pipeline)
+    store = StateStore.from_url("sqlite://" if _missing_sqlite(settings.state.url)
+                                else settings.state.url)
+    try:
+        answer = explain_contact(settings, chosen, contact, store, reread=not no_source)
+    finally:
+        store.close()
+    if as_json:
+        render.emit_json(answer)
+    else:
+        render.print_explanation(answer)
 
 
 @cli.command()

@@ -203,3 +203,71 @@ def check_line(ok: bool, label: str, detail: str | None) -> None:
         console().print(Text.from_markup(mark + " ").append(text))
     else:
         click.echo(f"{'✓' if ok else '✗'} {text}")
+
+
+# explain -------------------------------------------------------------------------------------
+def _when(moment: object) -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S}Z" if isinstance(moment, datetime) else "-"
+
+
+def print_explanation(answer: Mapping[str, Any]) -> None:
+    """``explain``'s one screen: per source key, what the store knows and what the source says."""
+    query, pipeline = answer["query"], answer["pipeline"]
+    if not answer["known"]:
+        line(f"{pipeline}: the state store knows nothing of {query!r} (no confirmed contact, "
+             "no batch in flight, no rejection). If the source has it, the next sync sends it; "
+             f"`mailtrap-sync plan {pipeline}` shows what that would be.")
+        return
+    keys = answer["keys"]
+    line(f"{pipeline}: {query} - {len(keys)} source key{'s' if len(keys) != 1 else ''}")
+    for email, key in answer["address_owner"].items():
+        line(f"address {email} belongs to source key {key}")
+    for item in keys:
+        line("")
+        line(f"source key {item['key']}")
+        for label, text in _explain_lines(item):
+            line(f"  {label:<14}{text}")
+
+
+def _explain_lines(item: Mapping[str, Any]) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    confirmed = item["confirmed"]
+    if confirmed is None:
+        out.append(("confirmed", "never (Mailtrap has confirmed no contact for this key)"))
+    else:
+        batch = confirmed["batch"]
+        carried = "" if batch is None else f" (batch {batch['batch_id']}, run {batch['run_id']})"
+        state = "removed from the lists: gone from the source" if confirmed["deleted_at_source"] \
+            else f"hash {str(confirmed['hash'])[:12]}"
+        out.append(("confirmed", f"{confirmed['email']}, {state}, at "
+                                 f"{_when(confirmed['confirmed_at'])} by import "
+                                 f"{confirmed['import_id'] or '-'}{carried}"))
+    for entry in item["pending"]:
+        out.append(("in flight", f"{entry['email']} ({entry['kind']}) in batch {entry['batch_id']}"
+                                 f" {entry['status']}, import {entry['import_id'] or '-'}, run "
+                                 f"{entry['run_id']}; the next run polls or re-sends it"))
+    rejection = item["rejection"]
+    if rejection is None:
+        out.append(("rejection", "none"))
+    else:
+        out.append(("rejection", f"{rejection['kind']}: {rejection['reason']} ({rejection['email']}"
+                                 f", {rejection['attempts']} attempts, last "
+                                 f"{_when(rejection['last_seen'])})"))
+    waiting = item["waiting_on_owner"]
+    if waiting is not None:
+        out.append(("waiting on", f"source key {waiting['owner_key']}, which holds "
+                                  f"{waiting['email']}; re-checked when it lets go"))
+    out.append(("addresses", "; ".join(f"{a['email']} ({a['state']} {_when(a['since'])})"
+                                       for a in item["addresses"]) or "-"))
+    source = item["source"]
+    if source is not None:
+        detail = {
+            "unchanged": "unchanged since the confirmed hash: nothing to send",
+            "differs": f"differs from what Mailtrap confirmed: the next sync sends "
+                       f"{source.get('email')} ({source.get('change')})",
+            "rejected": f"would be rejected again: {source.get('reason')}",
+            "missing": "no row with this key in the source any more",
+            "unavailable": f"could not be re-read: {source.get('error')}",
+        }.get(source["status"], source["status"])
+        out.append(("source now", detail))
+    return out

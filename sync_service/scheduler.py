@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -43,6 +43,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from sync_service.crontab import crontab_trigger
 from sync_service.errors import ConfigError, PipelineBusy, SyncError
+from sync_service.housekeeping import PRUNE_EVERY_S, prune
 from sync_service.job import RunResult, SyncJob, new_owner
 from sync_service.mailtrap.client import MailtrapClient
 from sync_service.metrics import Metrics
@@ -57,6 +58,7 @@ DAEMON_LEASE = "__daemon__"  # the SQLite claim; pipeline names cannot start wit
 CLAIM_TTL_S, CLAIM_RENEW_S, CLAIM_POLL_S = 30.0, 5.0, 0.5
 READY_CACHE_S = 30.0  # a Mailtrap answer younger than this settles readiness
 READY_PROBE_TIMEOUT_S = 4.0  # under web.DEFAULT_READY_TIMEOUT_S
+PRUNE_DELAY_S = 60.0  # the first prune, after the daemon's start-up runs
 MAX_PARALLEL_RUNS = 4  # memory grows with concurrent batches; the API budget is shared anyway
 
 
@@ -248,6 +250,7 @@ class Daemon:
         scheduler = BackgroundScheduler(timezone=UTC, executors={
             "default": ThreadPoolExecutor(workers, {"thread_name_prefix": "run"}),
             "housekeeping": ThreadPoolExecutor(1, {"thread_name_prefix": "housekeeping"}),
+            "retention": ThreadPoolExecutor(1, {"thread_name_prefix": "retention"}),
         })
         scheduler.add_listener(self._on_event,
                                EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_ERROR)
@@ -257,10 +260,23 @@ class Daemon:
                               args=[pipeline, store, client], id=pipeline.name,
                               name=pipeline.name, next_run_time=datetime.now(UTC),
                               max_instances=1, coalesce=True, misfire_grace_time=grace)
+        # Its own thread: a long prune must not delay the SQLite claim's renewal.
+        scheduler.add_job(self._prune, IntervalTrigger(seconds=PRUNE_EVERY_S, timezone=UTC),
+                          args=[store], id="__retention__", executor="retention",
+                          next_run_time=datetime.now(UTC) + timedelta(seconds=PRUNE_DELAY_S),
+                          max_instances=1, coalesce=True)
         if store.engine.dialect.name == "sqlite":  # its own thread: runs must not starve it
             scheduler.add_job(self._renew_claim, IntervalTrigger(seconds=CLAIM_RENEW_S),
                               args=[store], id=DAEMON_LEASE, executor="housekeeping")
         return scheduler
+
+    def _prune(self, store: StateStore) -> None:
+        """Retention (``state.retention``); a failure is logged and tried again next time."""
+        try:
+            prune(self.settings, store, self.settings.pipelines)
+        except Exception as exc:
+            log.warning("state.prune_failed", error=str(exc),
+                        exc_info=not isinstance(exc, SyncError))
 
     def _shutdown(self, scheduler: BackgroundScheduler, grace: float, deadline: float) -> int:
         log.info("daemon.stopping", grace_s=grace, running=sorted(self._running.copy()))

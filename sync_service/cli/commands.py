@@ -22,6 +22,7 @@ from sync_service.cli.explain import explain as explain_contact
 from sync_service.cli.group import Root
 from sync_service.cli.state_view import ReadOnlyState, run_import_counts, status_rows
 from sync_service.errors import ConfigError, PipelineBusy
+from sync_service.housekeeping import prune
 from sync_service.job import RunResult, SyncJob
 from sync_service.logging import configure
 from sync_service.models import RunKind, RunOutcome
@@ -188,12 +189,16 @@ def status(ctx: click.Context, as_json: bool) -> None:
     store = open_store(settings)
     try:
         rows = status_rows(store, [p.name for p in settings.pipelines])
+        size = store.size()
     finally:
         store.close()
+    for row in rows:
+        row["state_store"] = size  # the whole store: rows per table and bytes
     if as_json:
         render.emit_json(rows)
     else:
         render.print_status(rows)
+        render.print_size(size)
 
 
 @cli.command()
@@ -278,6 +283,35 @@ def db_upgrade(ctx: click.Context, as_json: bool) -> None:
         render.emit_json({"revision": revision})
     else:
         click.echo("state store schema is up to date")
+
+
+@db.command("prune")
+@click.argument("pipelines", nargs=-1)
+@click.option("--no-source", is_flag=True,
+              help="do not re-read rejected keys: only keys the source reported deleted count "
+                   "as gone")
+@json_option
+@click.pass_context
+def db_prune(ctx: click.Context, pipelines: tuple[str, ...], no_source: bool,
+             as_json: bool) -> None:
+    """Delete finished runs, their batches and the rejections of keys gone from the source
+    older than [state] retention (default 90d); never what a later run needs."""
+    settings = _settings(ctx)
+    chosen = _select(settings, pipelines)
+    store = open_store(settings)
+    try:
+        reports = prune(settings, store, chosen, reread=not no_source)
+        size = store.size()
+    finally:
+        store.close()
+    if as_json:
+        render.emit_json({"retention": settings.state.retention,
+                          "pruned": [vars(r) for r in reports], "size": size})
+        return
+    for r in reports:
+        click.echo(f"{r.pipeline}: pruned {r.runs} runs, {r.batches} batches, {r.rejections} "
+                   f"rejections older than {settings.state.retention}")
+    render.print_size(size)
 
 
 @cli.command()

@@ -153,7 +153,7 @@ def _ago(moment: datetime | None) -> str:
     return f"{moment:%Y-%m-%d %H:%M:%S}Z ({(datetime.now(UTC) - moment).total_seconds():.0f}s ago)"
 
 
-def print_status(rows: Sequence[dict[str, Any]], size: Mapping[str, int] | None = None) -> None:
+def print_status(rows: Sequence[dict[str, Any]]) -> None:
     sep = "\n" if interactive() else "; "
     cells = []
     for row in rows:
@@ -171,8 +171,13 @@ def print_status(rows: Sequence[dict[str, Any]], size: Mapping[str, int] | None 
                       row["contacts_tracked"], row["rejected"], batch_text))
     table("mailtrap-sync status",
           ("pipeline", "last run", "watermark", "tracked", "rejected", "last import"), cells)
-    if size is not None:
-        line("state store: " + ", ".join(f"{name} {count} rows" for name, count in size.items()))
+
+
+def print_size(size: Mapping[str, int]) -> None:
+    """One line: the state store's rows per table and, where known, its size on disk."""
+    rows = ", ".join(f"{name} {count}" for name, count in size.items() if name != "bytes")
+    disk = f"; {size['bytes'] / 1e6:.1f} MB" if "bytes" in size else ""
+    line(f"state store rows: {rows}{disk}")
 
 
 # rejects -------------------------------------------------------------------------------------

@@ -10,14 +10,15 @@ from typing import Any, NoReturn
 
 import click
 
+from sync_service.cli.render import printable
 from sync_service.errors import ConfigError, PipelineBusy, SyncError
 from sync_service.logging import redact
 from sync_service.runtime import EXIT_BUSY, EXIT_CONFIG, EXIT_FAILED
 
 
 def fail(message: str, code: int) -> NoReturn:
-    """One redacted line on stderr, then exit with ``code``."""
-    click.echo(f"mailtrap-sync: {redact(message)}", err=True)
+    """One redacted line on stderr (control characters escaped), then exit with ``code``."""
+    click.echo(f"mailtrap-sync: {printable(redact(message), lines=True)}", err=True)
     raise SystemExit(code)
 
 

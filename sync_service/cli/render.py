@@ -35,11 +35,14 @@ from sync_service.state import RejectionRecord
 _BIDI = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
-def printable(value: object) -> str:
-    """``value`` as text with control characters escaped (``\\x07``, ``\\t``, ``\\u202e``)."""
+def printable(value: object, *, lines: bool = False) -> str:
+    """``value`` as text with control characters escaped (``\\x07``, ``\\t``, ``\\u202e``);
+    with ``lines``, newlines are kept (multi-line messages such as configuration errors)."""
     text = str(value)
     if text.isprintable():  # the common case: nothing to escape (space counts as printable)
         return text
+    if lines:
+        return "\n".join(printable(part) for part in text.split("\n"))
     return "".join(_escape(ch) for ch in text)
 
 
@@ -129,7 +132,7 @@ def run_line(result: RunResult, mailtrap: Mapping[str, int] | None = None) -> st
                  f" rejected={summary['rejected_by_mailtrap']}")
         if summary["over_limit"]:
             text += f" over_limit={summary['over_limit']}"
-    return text + (f"; error: {summary['error']}" if summary["error"] else "")
+    return printable(text + (f"; error: {summary['error']}" if summary["error"] else ""))
 
 
 # plan ----------------------------------------------------------------------------------------

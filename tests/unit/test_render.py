@@ -19,3 +19,8 @@ def test_printable_escapes_controls_and_keeps_printable_text(raw: str, shown: st
     """C0/C1 controls, DEL, bidi and other format characters and line separators are escaped;
     printable text of any script stays as it is."""
     assert printable(raw) == shown
+
+
+def test_printable_can_keep_the_lines_of_a_multi_line_message() -> None:
+    """With lines=True newlines stay (a configuration error's list); other controls go."""
+    assert printable("bad:\n  key \x1b[31m", lines=True) == "bad:\n  key \\x1b[31m"

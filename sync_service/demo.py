@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -125,6 +127,31 @@ def _seed_fields(double: MailtrapDouble) -> None:
         double.add_field(tag, data_type)
 
 
+# Variables that would point the demo at a real state store, account or listener (the container
+# image sets MAILTRAP_SYNC_STATE_URL): hidden while the demo runs, restored afterwards.
+_HIDDEN = ("MAILTRAP_ACCOUNT_ID", "MAILTRAP_SYNC_STATE_URL", "MAILTRAP_SYNC_WEB_LISTEN",
+           "MAILTRAP_SYNC_CONFIG")
+
+
+@contextmanager
+def _demo_environment(base_url: str) -> Iterator[None]:
+    """The environment the demo's settings load under: its double, its token, nothing else."""
+    saved = {name: os.environ.get(name)
+             for name in (*_HIDDEN, "MAILTRAP_API_URL", "MAILTRAP_API_TOKEN")}
+    for name in _HIDDEN:
+        os.environ.pop(name, None)
+    os.environ["MAILTRAP_API_URL"] = base_url
+    os.environ["MAILTRAP_API_TOKEN"] = DEFAULT_TOKEN
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def run_demo(workdir: str, rows: int) -> int:
     console = Console()
     configure(level="WARNING")  # the demo shows its own summary; problems still get logged
@@ -132,9 +159,7 @@ def run_demo(workdir: str, rows: int) -> int:
     config = _prepare(folder, rows)
     double = MailtrapDouble()
     _seed_fields(double)
-    with serve(double) as base_url:
-        os.environ["MAILTRAP_API_URL"] = base_url
-        os.environ["MAILTRAP_API_TOKEN"] = DEFAULT_TOKEN
+    with serve(double) as base_url, _demo_environment(base_url):
         settings = load_settings(config)
         console.print(f"[bold]mailtrap-sync demo[/bold]: {rows} customers in {folder / 'crm.db'}"
                       f", Mailtrap test double at {base_url}")

@@ -161,8 +161,10 @@ class SyncJob:
                 self._attempt(run_id, result, body, advance=advance)
                 result.duration_s = time.monotonic() - started
                 self.store.finish_run(run_id, result.outcome, result.counts, result.error)
-                log.info("run.finished", outcome=str(result.outcome), error=result.error,
-                         duration_s=round(result.duration_s, 3), **result.counts)
+                # A failed run is an error in the log (alerting on level works); others info.
+                emit = log.error if result.outcome is RunOutcome.FAILED else log.info
+                emit("run.finished", outcome=str(result.outcome), error=result.error,
+                     duration_s=round(result.duration_s, 3), **result.counts)
         return result
 
     def _attempt(self, run_id: int, result: RunResult, body: Callable[[BatchBuilder], None], *,

@@ -13,6 +13,11 @@ Contract:
   alert on a stuck pipeline needs. Only temporal cursors (``datetime``, ``date``) have a lag; naive
   datetimes are taken as UTC and dates as midnight UTC.
 - All methods are thread-safe (the job, the client and the HTTP listener run on different threads).
+- ``imports_total{status="rejected"}``: a 422 answer to an import request (Mailtrap refused the
+  import as posted). ``request_done`` counts it for the pipeline bound in the logging context
+  (the job binds ``pipeline`` around its run, and the client calls the hook on the job's thread).
+- ``last_api_answer`` tells readiness when Mailtrap last answered anyone in this process, so
+  ``/readyz`` can rely on the sync's own traffic instead of queueing behind its pacing.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime
 
+import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -90,9 +96,13 @@ def _check(value: str, allowed: Iterable[str], what: str) -> str:
 class Metrics:
     """The project's metric families on a private registry, behind typed methods."""
 
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._clock = clock
+        self._monotonic = monotonic
+        self._answer_lock = threading.Lock()
+        self._last_answer: tuple[float, int] | None = None
         self._define_run_families()
         self._define_api_families()
         self._define_state_families()
@@ -173,6 +183,18 @@ class Metrics:
         self._requests.labels(group, str(status) if status else "error").inc()
         if status == 429:
             self._rate_limited.labels(group).inc()
+        if status == 422 and group == "imports":
+            pipeline = structlog.contextvars.get_contextvars().get("pipeline")
+            if isinstance(pipeline, str):
+                self.import_finished(pipeline, "rejected")
+        with self._answer_lock:
+            self._last_answer = (self._monotonic(), status or 0)
+
+    def last_api_answer(self) -> tuple[float, int] | None:
+        """Seconds since Mailtrap last answered (monotonic) and its status (0: no answer)."""
+        with self._answer_lock:
+            seen = self._last_answer
+        return None if seen is None else (max(0.0, self._monotonic() - seen[0]), seen[1])
 
     def set_watermark(self, pipeline: str, cursor_value: object) -> None:
         """Track the lag behind a temporal watermark; other cursor types clear the series."""

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -43,19 +43,22 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from sync_service.crontab import crontab_trigger
 from sync_service.errors import ConfigError, PipelineBusy, SyncError
+from sync_service.housekeeping import PRUNE_EVERY_S, prune
 from sync_service.job import RunResult, SyncJob, new_owner
 from sync_service.mailtrap.client import MailtrapClient
 from sync_service.metrics import Metrics
 from sync_service.models import ImportResult, RunKind, RunOutcome
 from sync_service.settings import AppSettings, DaemonSettings, PipelineSettings
 from sync_service.state import StateStore
-from sync_service.web import WebServer, create_app, parse_listen
-from sync_service.wiring import EXIT_FAILED, EXIT_OK, build_client, open_store
+from sync_service.web import CachedProbe, WebServer, create_app, parse_listen
+from sync_service.wiring import EXIT_FAILED, EXIT_OK, api_token, build_client, open_store
 
 log = structlog.get_logger(__name__)
 DAEMON_LEASE = "__daemon__"  # the SQLite claim; pipeline names cannot start with "_"
 CLAIM_TTL_S, CLAIM_RENEW_S, CLAIM_POLL_S = 30.0, 5.0, 0.5
-READY_CACHE_S = 30.0
+READY_CACHE_S = 30.0  # a Mailtrap answer younger than this settles readiness
+READY_PROBE_TIMEOUT_S = 4.0  # under web.DEFAULT_READY_TIMEOUT_S
+PRUNE_DELAY_S = 60.0  # the first prune, after the daemon's start-up runs
 MAX_PARALLEL_RUNS = 4  # memory grows with concurrent batches; the API budget is shared anyway
 
 
@@ -147,7 +150,7 @@ class Daemon:
                         for p in settings.pipelines}
         self._transport = transport
         self._scheduler: BackgroundScheduler | None = None
-        self._ready_cache: tuple[float, str | None] = (0.0, None)
+        self._probe_client: MailtrapClient | None = None
         self._running: set[str] = set()
 
     def run(self) -> int:
@@ -171,9 +174,19 @@ class Daemon:
         with ExitStack() as stack:
             client = stack.enter_context(build_client(
                 self.settings, transport=self._transport, observer=self.observer))
+            self._probe_client = stack.enter_context(self._readiness_client())
             store = open_store(self.settings)
             stack.callback(store.close)
             yield store, client
+
+    def _readiness_client(self) -> MailtrapClient:
+        """/readyz's own client: no pacer (it must not queue behind a run), no retries, a short
+        timeout. It asks at most once per READY_CACHE_S, and only when no run has talked to
+        Mailtrap within that time (``CachedProbe``)."""
+        cfg = self.settings.mailtrap
+        return MailtrapClient(token=api_token(self.settings), base_url=cfg.api_url,
+                              account_id=cfg.account_id, transport=self._transport,
+                              timeout=min(cfg.timeout, READY_PROBE_TIMEOUT_S), max_retries=0)
 
     # SQLite: one daemon per state store ----------------------------------------------------
     def _claim_sqlite(self, store: StateStore) -> bool:
@@ -237,6 +250,7 @@ class Daemon:
         scheduler = BackgroundScheduler(timezone=UTC, executors={
             "default": ThreadPoolExecutor(workers, {"thread_name_prefix": "run"}),
             "housekeeping": ThreadPoolExecutor(1, {"thread_name_prefix": "housekeeping"}),
+            "retention": ThreadPoolExecutor(1, {"thread_name_prefix": "retention"}),
         })
         scheduler.add_listener(self._on_event,
                                EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_ERROR)
@@ -246,10 +260,23 @@ class Daemon:
                               args=[pipeline, store, client], id=pipeline.name,
                               name=pipeline.name, next_run_time=datetime.now(UTC),
                               max_instances=1, coalesce=True, misfire_grace_time=grace)
+        # Its own thread: a long prune must not delay the SQLite claim's renewal.
+        scheduler.add_job(self._prune, IntervalTrigger(seconds=PRUNE_EVERY_S, timezone=UTC),
+                          args=[store], id="__retention__", executor="retention",
+                          next_run_time=datetime.now(UTC) + timedelta(seconds=PRUNE_DELAY_S),
+                          max_instances=1, coalesce=True)
         if store.engine.dialect.name == "sqlite":  # its own thread: runs must not starve it
             scheduler.add_job(self._renew_claim, IntervalTrigger(seconds=CLAIM_RENEW_S),
                               args=[store], id=DAEMON_LEASE, executor="housekeeping")
         return scheduler
+
+    def _prune(self, store: StateStore) -> None:
+        """Retention (``state.retention``); a failure is logged and tried again next time."""
+        try:
+            prune(self.settings, store, self.settings.pipelines)
+        except Exception as exc:
+            log.warning("state.prune_failed", error=str(exc),
+                        exc_info=not isinstance(exc, SyncError))
 
     def _shutdown(self, scheduler: BackgroundScheduler, grace: float, deadline: float) -> int:
         log.info("daemon.stopping", grace_s=grace, running=sorted(self._running.copy()))
@@ -297,16 +324,10 @@ class Daemon:
                 return str(exc)
             return None
 
-        def mailtrap() -> str | None:
-            checked_at, error = self._ready_cache
-            if time.monotonic() - checked_at > READY_CACHE_S or error is not None:
-                try:
-                    client.resolve_account()  # the token against the account, one request
-                    error = None
-                except SyncError as exc:
-                    error = str(exc)
-                self._ready_cache = (time.monotonic(), error)
-            return error
+        # Never through ``client``: its requests queue behind the sync's pacing.
+        probe = self._probe_client or client  # services() always sets it; a fallback for tests
+        mailtrap = CachedProbe(probe.resolve_account, self.metrics.last_api_answer,
+                               fresh_s=READY_CACHE_S)
 
         return {"state_store": state_store, "mailtrap": mailtrap}
 

@@ -72,6 +72,16 @@ def expand_env(value: str, where: str) -> str:
 
 class StateSettings(_Section):
     url: str = Field("sqlite:///mailtrap-sync.db", description="SQLAlchemy URL of the state store")
+    retention: str = Field("90d", description="finished runs, their batches and the rejections "
+                                              "of keys gone from the source older than this are "
+                                              "pruned (db prune; the daemon every 6 h)")
+
+    @field_validator("retention")
+    @classmethod
+    def _retention(cls, value: str) -> str:
+        if parse_duration(value) < 3600:
+            raise ValueError(f"retention {value!r} is shorter than 1h")
+        return value
 
     @field_validator("url")
     @classmethod

@@ -16,6 +16,9 @@ Contract:
 - ``WebServer`` binds the socket in ``start()`` (so a bad or busy address fails there, as
   ``ConfigError``) and serves the app with uvicorn on a background daemon thread; ``stop(timeout)``
   returns within ``timeout`` seconds whatever the open connections are doing.
+- ``CachedProbe`` is a readiness check for Mailtrap that never queues behind the sync's pacing:
+  an answer the process got within ``fresh_s`` decides; otherwise it probes on its own (a client
+  with no pacer, no retries and a short timeout), at most once per ``fresh_s`` while that passes.
 - ``parse_listen`` turns ``"host:port"`` / ``"[v6]:port"`` into ``(host, port)``, raising
   ``ValueError`` (which pydantic validators report as a validation error) with a corrected example.
 """
@@ -41,7 +44,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from sync_service.errors import ConfigError
+from sync_service.errors import ConfigError, SyncError
 from sync_service.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -129,6 +132,53 @@ async def _readiness(runner: _CheckRunner, ready: ReadyChecks) -> dict[str, _Out
     names = list(ready)
     outcomes = await asyncio.gather(*(_run_check(runner, n, ready[n]) for n in names))
     return dict(zip(names, outcomes, strict=True))
+
+
+def _answer_error(status: int) -> str | None:
+    """None when an HTTP status shows Mailtrap reachable and the token accepted."""
+    if status == 0:
+        return "no answer from Mailtrap (timeout or connection error)"
+    if status in (401, 403):
+        return f"Mailtrap refused the API token (HTTP {status})"
+    if status >= 500:
+        return f"Mailtrap answered HTTP {status}"
+    return None
+
+
+class CachedProbe:
+    """Mailtrap's readiness from recent traffic, else from a probe of its own (see module doc).
+
+    ``last_answer()`` gives (seconds ago, HTTP status) of the process's latest Mailtrap answer,
+    or None; ``probe()`` asks Mailtrap once and raises ``SyncError`` when it is not usable.
+    """
+
+    def __init__(self, probe: Callable[[], object],
+                 last_answer: Callable[[], tuple[float, int] | None], *, fresh_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.probe, self.last_answer, self.fresh_s, self.clock = probe, last_answer, fresh_s, clock
+        self._lock = threading.Lock()
+        self._passed_at: float | None = None
+
+    def __call__(self) -> str | None:
+        seen = self.last_answer()
+        if seen is not None and seen[0] <= self.fresh_s:
+            if _answer_error(seen[1]) is None:
+                return None
+            # A fresh bad answer (a 5xx, a timeout) may have passed: the probe decides.
+        else:
+            with self._lock:
+                passed_at = self._passed_at
+            if passed_at is not None and self.clock() - passed_at <= self.fresh_s:
+                return None
+        try:
+            self.probe()
+        except SyncError as exc:
+            with self._lock:
+                self._passed_at = None
+            return str(exc)
+        with self._lock:
+            self._passed_at = self.clock()
+        return None
 
 
 def create_app(

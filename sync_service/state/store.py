@@ -57,6 +57,7 @@ from sync_service.state.records import (
     rejection_from_row,
     run_from_row,
 )
+from sync_service.state.retention import GoneKeys, PruneReport, prune_store, store_size
 from sync_service.state.tables import contacts, rejections, runs, watermarks
 
 log = structlog.get_logger(__name__)
@@ -349,6 +350,18 @@ class StateStore:
         union = sa.union(*(sa.select(table.c.pipeline) for table in kept))
         with self._read("pipelines") as conn:
             return sorted(conn.execute(union).scalars())
+
+    # retention (see state/retention.py) --------------------------------------------------
+
+    def prune(self, pipeline: str, cutoff: datetime, *,
+              gone: GoneKeys | None = None) -> PruneReport:
+        """Delete the pipeline's runs, batches and gone keys' rejections older than ``cutoff``
+        that nothing needs, in small transactions."""
+        return prune_store(self.engine, pipeline, cutoff, gone=gone)
+
+    def size(self) -> dict[str, int]:
+        """Rows per table, and ``bytes`` of the database where the engine tells it."""
+        return store_size(self.engine)
 
     # plumbing -----------------------------------------------------------------------------
 

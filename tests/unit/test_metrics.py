@@ -6,6 +6,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
 from sync_service.metrics import Metrics
@@ -170,3 +171,18 @@ def test_exposition_negotiates_openmetrics() -> None:
     assert body.rstrip().endswith(b"# EOF")
     _, plain = m.exposition("")
     assert plain == "text/plain; version=0.0.4; charset=utf-8"
+
+
+def test_a_422_to_an_import_counts_a_rejected_import_for_the_bound_pipeline() -> None:
+    """imports_total{status="rejected"} counts 422 answers to imports, per the run's pipeline."""
+    metrics = Metrics()
+    with structlog.contextvars.bound_contextvars(pipeline="customers"):
+        metrics.request_done("imports", 422)
+        metrics.request_done("imports", 201)
+        metrics.request_done("lists", 422)
+    metrics.request_done("imports", 422)  # no pipeline bound: nothing to label it with
+    text = metrics.render().decode()
+    assert 'mailtrap_sync_imports_total{pipeline="customers",status="rejected"} 1.0' in text
+    seen = metrics.last_api_answer()
+    assert seen is not None
+    assert seen[1] == 422

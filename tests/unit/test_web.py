@@ -12,9 +12,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sync_service.errors import ConfigError
+from sync_service.errors import ConfigError, SyncError
 from sync_service.metrics import Metrics
-from sync_service.web import ReadyChecks, WebServer, create_app, parse_listen
+from sync_service.web import CachedProbe, ReadyChecks, WebServer, create_app, parse_listen
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -263,3 +263,46 @@ def test_parse_listen_rejects_malformed_addresses(text: str, message: str) -> No
     """parse_listen raises ValueError saying what is wrong with the address."""
     with pytest.raises(ValueError, match=message):
         parse_listen(text)
+
+
+class _Probe:
+    """A probe that counts its calls and fails while ``error`` is set."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.error: str | None = None
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.error:
+            raise SyncError(self.error)
+
+
+def test_cached_probe_trusts_a_fresh_answer_and_probes_only_when_stale() -> None:
+    """A healthy answer younger than fresh_s settles readiness with no request; otherwise the
+    probe runs, at most once per fresh_s while it passes."""
+    now = [100.0]
+    last: list[tuple[float, int] | None] = [(1.0, 200)]
+    probe = _Probe()
+    check = CachedProbe(probe, lambda: last[0], fresh_s=30.0, clock=lambda: now[0])
+    assert check() is None
+    assert probe.calls == 0
+    last[0] = (45.0, 200)  # the sync has been quiet for 45 s
+    assert check() is None
+    assert check() is None
+    assert probe.calls == 1
+    now[0] += 31.0
+    assert check() is None
+    assert probe.calls == 2
+
+
+@pytest.mark.parametrize("status", [0, 401, 503])
+def test_cached_probe_confirms_a_bad_fresh_answer_with_its_own_probe(status: int) -> None:
+    """A fresh timeout, 401 or 5xx is checked by the probe: its error is the check's result."""
+    probe = _Probe()
+    probe.error = "Mailtrap refused the API token"
+    check = CachedProbe(probe, lambda: (1.0, status), fresh_s=30.0)
+    assert check() == "Mailtrap refused the API token"
+    probe.error = None
+    assert check() is None
+    assert probe.calls == 2

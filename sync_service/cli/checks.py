@@ -1,0 +1,66 @@
+"""``mailtrap-sync check``: each moving part verified, one line each; nothing is sent or written
+beyond creating the state store's schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+
+from sync_service.cli.render import check_line
+from sync_service.errors import SyncError
+from sync_service.job import PlanReport, SyncJob
+from sync_service.logging import redact
+from sync_service.settings import AppSettings, PipelineSettings
+from sync_service.state import StateStore
+from sync_service.wiring import build_client
+
+# Called once per check as it completes: (passed, label, detail or error).
+Report = Callable[[bool, str, str | None], None]
+
+
+def run_checks(settings: AppSettings, pipelines: Sequence[PipelineSettings],
+               report: Report = check_line) -> bool:
+    """Check each moving part; ``report`` each (one printed line by default); True when all pass.
+    """
+
+    def _check(label: str, action: Callable[[], str | None]) -> bool:
+        try:
+            detail = action()
+        except SyncError as exc:
+            report(False, label, redact(str(exc)))
+            return False
+        report(True, label, detail)
+        return True
+
+    report(True, "configuration", None)
+    store = StateStore.from_url(settings.state.url)  # connects lazily: checked just below
+    try:
+        ok = _check("state store", lambda: _store_reachable(store))
+        with build_client(settings) as client:
+            ok &= _check("token and account", lambda: f"account {client.resolve_account()}")
+            for pipeline in pipelines:
+                job = SyncJob(settings=settings, pipeline=pipeline, store=store, client=client)
+                ok &= _check(f"{pipeline.name}: lists and fields", partial(_mapping, job))
+                ok &= _check(f"{pipeline.name}: source", partial(_source, job))
+    finally:
+        store.close()
+    return ok
+
+
+def _store_reachable(store: StateStore) -> str:
+    store.ensure_schema()
+    return "reachable"
+
+
+def _mapping(job: SyncJob) -> str:
+    plan = PlanReport(job.name)
+    mapper = job.build_mapper(create_lists=False, report=plan)
+    missing = f"; lists to create on first run: {', '.join(plan.lists_to_create)}" \
+        if plan.lists_to_create else ""
+    return f"list ids {list(mapper.list_ids)}{missing}"
+
+
+def _source(job: SyncJob) -> str:
+    with job.open_connector():
+        return "reachable"

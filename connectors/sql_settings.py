@@ -19,7 +19,7 @@ from sync_service.connector import ConnectorSettings
 
 Lookback = timedelta | int | float
 
-_DURATION = re.compile(r"^(?P<amount>\d+(?:\.\d+)?)\s*(?P<unit>[smhd]?)$")
+_DURATION = re.compile(r"^(?P<amount>\d+(?:\.\d+)?)\s*(?P<unit>[smhd]?)$", re.ASCII)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _LOOKBACK_HELP = (
     "lookback must be a duration such as '30s', '5m', '1h' or '1d', a plain number (seconds for "
@@ -99,7 +99,8 @@ class SqlSourceSettings(ConnectorSettings):
         "for a numeric cursor, 0 to disable; default: 5m for temporal cursors, 0 otherwise",
     )
     fetch_size: int = Field(
-        5000, ge=1, description="rows per page query; memory is bounded by this many rows"
+        5000, ge=1, strict=True,
+        description="rows per page query; memory is bounded by this many rows"
     )
 
     @field_validator("url")

@@ -99,6 +99,8 @@ def _services(settings: AppSettings) -> Iterator[tuple[StateStore, Any]]:
 
 
 def _exit_code(results: Sequence[RunResult], busy: int) -> int:
+    if any(r.config_error for r in results):
+        return EXIT_CONFIG
     if any(r.outcome is not RunOutcome.SUCCEEDED for r in results):
         return EXIT_FAILED
     return EXIT_BUSY if busy else EXIT_OK
@@ -234,8 +236,7 @@ def rejects(ctx: click.Context, pipeline: str, limit: int, as_json: bool) -> Non
 def check(ctx: click.Context, pipelines: tuple[str, ...]) -> None:
     """Check config, state store, token and account, lists, fields and sources."""
     settings = _settings(ctx)
-    ok = report.run_checks(settings, _select(settings, pipelines))
-    sys.exit(EXIT_OK if ok else EXIT_FAILED)
+    sys.exit(report.run_checks(settings, _select(settings, pipelines)))
 
 
 @cli.group()

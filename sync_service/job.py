@@ -45,6 +45,7 @@ from sync_service.models import (
     SourceRecord,
     StoredContact,
 )
+from sync_service.preflight import check_mapped_columns
 from sync_service.settings import AppSettings, PipelineSettings, parse_duration
 from sync_service.state import StateStore
 
@@ -70,6 +71,7 @@ class RunResult:
     run_id: int | None = None
     error: str | None = None
     duration_s: float = 0.0
+    config_error: bool = False  # the run failed on configuration: the CLI exits 2
 
 
 @dataclass
@@ -187,6 +189,9 @@ class SyncJob:
             result.outcome = RunOutcome.SUCCEEDED
         except (Interrupted, MailtrapCancelled) as exc:
             result.outcome, result.error = RunOutcome.INTERRUPTED, str(exc)
+        except ConfigError as exc:
+            result.outcome, result.error = RunOutcome.FAILED, str(exc)
+            result.config_error = True
         except SyncError as exc:
             result.outcome, result.error = RunOutcome.FAILED, str(exc)
         except Exception as exc:
@@ -238,19 +243,34 @@ class SyncJob:
         connector = factory(self.pipeline.source)
         try:
             connector.check()
+            check_mapped_columns(self.pipeline, connector)
             yield connector
         finally:
             connector.close()
 
     def build_mapper(self, *, create_lists: bool, report: PlanReport | None = None) -> Mapper:
-        list_ids = self._resolve_lists(create=create_lists, report=report)
+        """The pipeline's mapper. Lists are created (``create_lists``) only once the fields and
+        the source have passed their checks, so a run failing on configuration creates none."""
         field_types = {f.merge_tag: f.data_type for f in self.client.fields()}
-        try:
-            return Mapper(email_column=self.pipeline.mapping.email,
-                          fields=self.pipeline.mapping.fields,
-                          field_types=field_types, list_ids=list_ids)
-        except ConfigError as exc:
-            raise ConfigError(f"pipeline {self.name}: {exc}") from exc
+
+        def mapper(list_ids: tuple[int, ...]) -> Mapper:
+            try:
+                return Mapper(email_column=self.pipeline.mapping.email,
+                              fields=self.pipeline.mapping.fields,
+                              field_types=field_types, list_ids=list_ids)
+            except ConfigError as exc:
+                raise ConfigError(f"pipeline {self.name}: {exc}") from exc
+
+        mapper(())  # the fields, before any list is created
+        missing = PlanReport(self.name)
+        found = self._resolve_lists(create=False, report=missing)
+        if not (create_lists and missing.lists_to_create):
+            if report is not None:
+                report.lists_to_create.extend(missing.lists_to_create)
+            return mapper(found)
+        with self.open_connector():  # the source's checks, before any list is created
+            pass
+        return mapper(self._resolve_lists(create=True, report=report))
 
     def _resolve_lists(self, *, create: bool, report: PlanReport | None) -> tuple[int, ...]:
         existing = self.client.lists()

@@ -14,7 +14,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from sync_service.errors import StateError, SyncError
+from sync_service.errors import ConfigError, StateError, SyncError
 from sync_service.job import PlanReport, RunResult, SyncJob
 from sync_service.logging import redact
 from sync_service.models import Position, StoredContact
@@ -148,31 +148,37 @@ def print_rejects(rows: Sequence[RejectionRecord], total: int, *, as_json: bool)
     _console.print(table)
 
 
-def _check(label: str, action: Any) -> bool:
+def _check(label: str, action: Any, config_errors: list[str] | None = None) -> bool:
     try:
         detail = action()
     except SyncError as exc:
         _console.print(f"[red]✗[/red] {label}: {redact(str(exc))}", highlight=False)
+        if isinstance(exc, ConfigError) and config_errors is not None:
+            config_errors.append(label)
         return False
     _console.print(f"[green]✓[/green] {label}{': ' + detail if detail else ''}", highlight=False)
     return True
 
 
-def run_checks(settings: AppSettings, pipelines: Sequence[PipelineSettings]) -> bool:
-    """Check each moving part; print one line per check; True when all pass."""
+def run_checks(settings: AppSettings, pipelines: Sequence[PipelineSettings]) -> int:
+    """Check each moving part; print one line per check. The exit code: 0 when all pass, 2 when
+    a check found a configuration error, else 1."""
     _console.print("[green]✓[/green] configuration", highlight=False)
     store = StateStore.from_url(settings.state.url)  # connects lazily: checked just below
+    config: list[str] = []
     try:
         ok = _check("state store", lambda: _store_reachable(store))
-        with build_client(settings) as client:
-            ok &= _check("token and account", lambda: f"account {client.resolve_account()}")
+        with build_client(settings, quick=True) as client:
+            ok &= _check("token and account", lambda: f"account {client.resolve_account()}",
+                         config)
             for pipeline in pipelines:
                 job = SyncJob(settings=settings, pipeline=pipeline, store=store, client=client)
-                ok &= _check(f"{pipeline.name}: lists and fields", lambda job=job: _mapping(job))
-                ok &= _check(f"{pipeline.name}: source", lambda job=job: _source(job))
+                ok &= _check(f"{pipeline.name}: lists and fields", lambda job=job: _mapping(job),
+                             config)
+                ok &= _check(f"{pipeline.name}: source", lambda job=job: _source(job), config)
     finally:
         store.close()
-    return ok
+    return 0 if ok else 2 if config else 1
 
 
 def _store_reachable(store: StateStore) -> str:

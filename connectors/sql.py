@@ -51,15 +51,20 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from connectors.sql_guards import (
     check_cursor_order,
     check_lookback,
-    is_write_refused,
     make_read_only,
     mixed_cursor,
     order_class,
     sqlite_file_exists,
-    write_refused,
 )
 from connectors.sql_settings import SqlSourceSettings
-from connectors.sql_source import SourceShape, describe, probe_key_type, reason
+from connectors.sql_source import (
+    SourceShape,
+    describe,
+    is_write_refused,
+    probe_key_type,
+    reason,
+    write_refused,
+)
 from connectors.sql_values import coerce, lookback_start
 from sync_service.errors import ConfigError, SourceError
 from sync_service.logging import redact

@@ -25,13 +25,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 
 from connectors.sql_settings import SqlSourceSettings
-from connectors.sql_source import SourceShape, reason
+from connectors.sql_source import SourceShape
 from connectors.sql_values import lookback_start
 from sync_service.errors import ConfigError
 
 # SQLite's storage classes that order with each other (integer and real compare as numbers).
 _SQLITE_CLASSES = {"integer": "number", "real": "number", "text": "text", "blob": "binary"}
-_READ_ONLY_WORDS = ("read-only", "readonly", "read only")
 _SAMPLES: dict[type, Any] = {int: 0, float: 0.0, Decimal: Decimal(0),
                              datetime: datetime(2000, 1, 1), date: date(2000, 1, 1)}
 
@@ -72,12 +71,6 @@ def make_read_only(engine: Engine) -> None:
             dbapi_connection.commit()
 
     sa.event.listen(engine, "connect", _on_connect)
-
-
-def is_write_refused(exc: BaseException) -> bool:
-    """Whether a database error says a statement tried to write in a read-only session."""
-    text = reason(exc).lower()
-    return any(word in text for word in _READ_ONLY_WORDS)
 
 
 def check_cursor_order(conn: Connection, shape: SourceShape) -> None:
@@ -134,10 +127,3 @@ def check_lookback(conn: Connection, shape: SourceShape, settings: SqlSourceSett
         if sample is None:
             return
     lookback_start(sample, settings.lookback, column=shape.cursor_name)
-
-
-def write_refused(action: str, label: str, exc: BaseException) -> ConfigError:
-    return ConfigError(
-        f"{action} {label}: the source is read-only for mailtrap-sync and the statement tried "
-        f"to write ({reason(exc)}); `query` must only read"
-    )

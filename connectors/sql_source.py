@@ -211,6 +211,8 @@ def _describe_query(conn: Connection, settings: SqlSourceSettings, query: str) -
     except sa.exc.DBAPIError as exc:
         if exc.connection_invalidated:
             raise
+        if is_write_refused(exc):
+            raise write_refused("checking", "`query`", exc) from exc
         raise ConfigError(f"`query` cannot be run: {reason(exc)}") from exc
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -274,6 +276,23 @@ def probe_key_type(conn: Connection, shape: SourceShape) -> type | None:
     stmt = sa.select(shape.key).select_from(shape.selectable).where(shape.key.is_not(None))
     sample = conn.execute(stmt.limit(1)).scalar()
     return None if sample is None else type(sample)
+
+
+_READ_ONLY_WORDS = ("read-only", "readonly", "read only")
+
+
+def is_write_refused(exc: BaseException) -> bool:
+    """Whether a database error says a statement tried to write in a read-only session."""
+    text = reason(exc).lower()
+    return any(word in text for word in _READ_ONLY_WORDS)
+
+
+def write_refused(action: str, label: str, exc: BaseException) -> ConfigError:
+    """The error for a statement that tried to write to the (read-only) source."""
+    return ConfigError(
+        f"{action} {label}: the source is read-only for mailtrap-sync and the statement tried "
+        f"to write ({reason(exc)}); `query` must only read"
+    )
 
 
 def reason(exc: BaseException) -> str:

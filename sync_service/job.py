@@ -35,7 +35,7 @@ from sync_service.connector import Connector, load_connector
 from sync_service.delivery import BatchBuilder, Courier, Interrupted, Sink, count_change
 from sync_service.diff import Change, Differ
 from sync_service.errors import ConfigError, PipelineBusy, SyncError
-from sync_service.mailtrap.client import MailtrapCancelled, MailtrapClient
+from sync_service.mailtrap.client import ContactList, MailtrapCancelled, MailtrapClient
 from sync_service.mapping import Mapper
 from sync_service.models import (
     ChangeKind,
@@ -262,18 +262,19 @@ class SyncJob:
                 raise ConfigError(f"pipeline {self.name}: {exc}") from exc
 
         mapper(())  # the fields, before any list is created
+        existing = self.client.lists()
         missing = PlanReport(self.name)
-        found = self._resolve_lists(create=False, report=missing)
+        found = self._resolve_lists(existing, create=False, report=missing)
         if not (create_lists and missing.lists_to_create):
             if report is not None:
                 report.lists_to_create.extend(missing.lists_to_create)
             return mapper(found)
         with self.open_connector():  # the source's checks, before any list is created
             pass
-        return mapper(self._resolve_lists(create=True, report=report))
+        return mapper(self._resolve_lists(existing, create=True, report=report))
 
-    def _resolve_lists(self, *, create: bool, report: PlanReport | None) -> tuple[int, ...]:
-        existing = self.client.lists()
+    def _resolve_lists(self, existing: Sequence[ContactList], *, create: bool,
+                       report: PlanReport | None) -> tuple[int, ...]:
         by_name = {item.name: item.id for item in existing}
         by_fold = {item.name.casefold(): item.id for item in existing}
         ids: list[int] = []

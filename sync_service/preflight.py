@@ -24,7 +24,7 @@ def check_mapped_columns(pipeline: PipelineSettings, connector: Connector) -> No
     mapping = pipeline.mapping
     wanted = [("mapping.email", mapping.email),
               *((f"mapping.fields.{tag}", column) for tag, column in mapping.fields.items())]
-    missing = [f"{column!r} ({setting})" for setting, column in wanted if column not in available]
+    missing = [f"{column} ({setting})" for setting, column in wanted if column not in available]
     if missing:
         raise ConfigError(
             f"pipeline {pipeline.name}: the mapping names source columns the source does not "

@@ -235,7 +235,7 @@ def test_mapping_of_a_missing_column_fails_check_and_sync_with_exit_2(lite: Setu
 
     check = lite.run("check")
     assert check.exit_code == 2, check.output
-    assert "'seat_count' (mapping.fields.seats)" in check.output
+    assert "seat_count (mapping.fields.seats)" in check.output
     sync = lite.run("sync")
     assert sync.exit_code == 2, sync.output
     assert "seat_count" in sync.output

@@ -55,6 +55,7 @@ from connectors.sql_guards import (
     mixed_cursor,
     order_class,
     sqlite_file_exists,
+    tolerate_undecodable,
 )
 from connectors.sql_settings import SqlSourceSettings
 from connectors.sql_source import (
@@ -93,6 +94,7 @@ class SqlConnector:
         sqlite_file_exists(self._url, "source")
         self._engine = _create_engine(self._url, self._safe_url)
         make_read_only(self._engine)
+        tolerate_undecodable(self._engine)
 
     @property
     def engine(self) -> Engine:

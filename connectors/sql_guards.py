@@ -10,6 +10,9 @@
 - **A cursor whose values do not order as one type** (SQLite keeps integers, reals and text side
   by side in one column) is a ``ConfigError`` naming the column and the types: text sorts after
   every number there, so a watermark of one type would skip rows of the other.
+- **Values PostgreSQL holds but Python cannot** ('infinity' dates and timestamps, dates before
+  year 1) arrive as ``Undecodable`` instead of failing the whole page (psycopg loaders wrapped
+  on each new connection), so only their row is rejected.
 - **A lookback that does not fit the cursor** (a duration on a numeric cursor) is found by
   ``check``, not by the second run.
 """
@@ -26,7 +29,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 
 from connectors.sql_settings import SqlSourceSettings
 from connectors.sql_source import SourceShape
-from connectors.sql_values import lookback_start
+from connectors.sql_values import Undecodable, lookback_start
 from sync_service.errors import ConfigError
 
 # SQLite's storage classes that order with each other (integer and real compare as numbers).
@@ -71,6 +74,45 @@ def make_read_only(engine: Engine) -> None:
             dbapi_connection.commit()
 
     sa.event.listen(engine, "connect", _on_connect)
+
+
+def tolerate_undecodable(engine: Engine) -> None:
+    """PostgreSQL (psycopg): date and timestamp values out of Python's range load as
+    ``Undecodable`` rather than raising for the whole result."""
+    if engine.dialect.name != "postgresql" or engine.dialect.driver != "psycopg":
+        return
+    sa.event.listen(engine, "connect", _tolerant_loaders)
+
+
+def _tolerant_loaders(dbapi_connection: Any, _record: Any) -> None:
+    import psycopg  # noqa: PLC0415 - only for PostgreSQL sources
+    from psycopg.adapt import Loader  # noqa: PLC0415
+    from psycopg.pq import Format  # noqa: PLC0415
+
+    adapters = dbapi_connection.adapters
+    for name in ("date", "timestamp", "timestamptz"):
+        oid = adapters.types[name].oid
+        for fmt in (Format.TEXT, Format.BINARY):
+            inner_class = adapters.get_loader(oid, fmt)
+            if inner_class is None:
+                continue
+
+            class _Tolerant(Loader):
+                format = fmt
+                _inner_class = inner_class
+                _sql_type = name
+
+                def __init__(self, oid: int, context: Any = None) -> None:
+                    super().__init__(oid, context)
+                    self._inner = self._inner_class(oid, context)
+
+                def load(self, data: Any) -> Any:
+                    try:
+                        return self._inner.load(data)
+                    except psycopg.DataError:
+                        return Undecodable(self._sql_type)
+
+            adapters.register_loader(oid, _Tolerant)
 
 
 def check_cursor_order(conn: Connection, shape: SourceShape) -> None:

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
 
 from connectors.sql_settings import SqlSourceSettings
-from connectors.sql_values import is_deleted
+from connectors.sql_values import Undecodable, is_deleted
 from sync_service.errors import ConfigError, SourceError
 from sync_service.models import SourceRecord
 
@@ -46,6 +46,8 @@ class SourceShape:
     key_nullable: bool = True
     # SQLite only: how SQLAlchemy writes a cursor value as text, to verify the stored text matches.
     cursor_as_text: Callable[[Any], Any] | None = None
+    # PostgreSQL: values the driver cannot decode arrive as ``Undecodable`` (see sql_guards).
+    tolerant: bool = False
 
     @property
     def key(self) -> sa.ColumnElement[Any]:
@@ -68,8 +70,30 @@ class SourceShape:
         cursor = values[self.cursor_name]
         if self.cursor_as_text is not None and cursor is not None:
             self._check_text(self.cursor_as_text, cursor, row[len(self.names)])
+        if self.tolerant and problem is None:
+            failed = {n: v for n, v in values.items() if isinstance(v, Undecodable)}
+            if failed:
+                return self._undecodable(values, failed)
         deleted = self.deleted_name is not None and is_deleted(values[self.deleted_name])
         return SourceRecord(values[self.key_name], cursor, values, deleted, problem)
+
+    def _undecodable(self, values: dict[str, Any], failed: dict[str, Undecodable]
+                     ) -> SourceRecord:
+        """A PostgreSQL row holding 'infinity' or a BC date: rejected naming key and column."""
+        key = values[self.key_name]
+        for column, role in ((self.key_name, "tracked"), (self.cursor_name, "ordered")):
+            if column in failed:
+                raise SourceError(
+                    f"column {column!r} of {self.label} holds a {failed[column].sql_type} value "
+                    f"Python cannot represent (infinity, or before year 1) (key {_short(key)}); "
+                    f"the row cannot be {role}, fix the value in the source"
+                )
+        problem = "; ".join(
+            f"column {name} holds a {value.sql_type} value Python cannot represent (infinity, "
+            f"or before year 1) (key {_short(key)})" for name, value in sorted(failed.items()))
+        clean = {n: None if n in failed else v for n, v in values.items()}
+        deleted = self.deleted_name is not None and is_deleted(clean[self.deleted_name])
+        return SourceRecord(key, values[self.cursor_name], clean, deleted, problem)
 
     def decode_each(self, conn: Connection, stmt: sa.Select[Any]) -> list[SourceRecord]:
         """Run ``stmt`` again with every column fetched undecoded, then decode value by value.
@@ -182,6 +206,7 @@ def _describe_table(conn: Connection, settings: SqlSourceSettings, table: str) -
         cursor_timezone=timezone,
         key_nullable=bool(by_name[settings.key].get("nullable", True)),
         cursor_as_text=_sqlite_text_writer(conn.dialect, cursor_type, cursor_python),
+        tolerant=conn.dialect.name == "postgresql",
     )
 
 
@@ -229,6 +254,7 @@ def _describe_query(conn: Connection, settings: SqlSourceSettings, query: str) -
         key_name=settings.key,
         cursor_name=settings.cursor,
         deleted_name=settings.deleted_column,
+        tolerant=conn.dialect.name == "postgresql",
     )
 
 

@@ -204,6 +204,30 @@ def test_value_sqlite_cannot_decode_rejects_its_row_naming_key_and_column(lite: 
     assert "yesterday" not in result.output + str(rejects)
 
 
+@pytest.mark.postgres
+def test_postgresql_infinity_and_bc_dates_reject_their_row_only(pg: Setup) -> None:
+    """PostgreSQL 'infinity' and BC dates (which Python cannot hold) reject their row naming the
+    key and column; the other rows are synced and `check`, `plan` and `sync` exit 0."""
+    pg.execute(PEOPLE.format(seats="INTEGER", since="DATE", at="TIMESTAMP"),
+               "ALTER TABLE people ADD COLUMN seen TIMESTAMPTZ")
+    _rows(pg, 4)
+    pg.execute("UPDATE people SET since = 'infinity' WHERE id = 2",
+               "UPDATE people SET seen = '-infinity' WHERE id = 3",
+               "UPDATE people SET since = '0044-03-15 BC' WHERE id = 4")
+    pg.write()
+
+    assert pg.run("check").exit_code == 0
+    assert pg.run("plan", "people").exit_code == 0
+    result = pg.run("sync")
+    assert result.exit_code == 0, result.output
+    assert list(pg.sent()) == ["p1@example.com"]
+    rejects = pg.rejects()
+    assert rejects["2"]["reason"] == ("column since holds a date value Python cannot represent "
+                                      "(infinity, or before year 1) (key '2')")
+    assert "column seen holds a timestamptz value" in rejects["3"]["reason"]
+    assert "column since" in rejects["4"]["reason"]
+
+
 # case 5 ------------------------------------------------------------------------------------------
 def test_cursor_of_mixed_types_is_a_configuration_error(lite: Setup) -> None:
     """A SQLite cursor column holding integers, text and reals is refused by `check` and `sync`

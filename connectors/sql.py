@@ -203,11 +203,18 @@ class SqlConnector:
             except (ValueError, TypeError, ArithmeticError):
                 # A stored value its column's type cannot decode (SQLite keeps any text in a DATE
                 # column): read the page again value by value, so only that row is rejected.
-                records = shape.decode_each(conn, stmt)
-                log.warning("sql.undecodable_values", source=shape.label,
-                            rows=sum(r.problem is not None for r in records))
-                return records
+                return self._undecodable(shape, shape.decode_each(conn, stmt))
+            except sa.exc.OperationalError as exc:
+                if not _bad_utf8(conn, exc):
+                    raise
+                return self._undecodable(shape, _lenient_text_page(conn, stmt, shape))
         return [shape.record(row) for row in rows]
+
+    def _undecodable(self, shape: SourceShape, records: list[SourceRecord]
+                     ) -> list[SourceRecord]:
+        log.warning("sql.undecodable_values", source=shape.label,
+                    rows=sum(r.problem is not None for r in records))
+        return records
 
     def _first_condition(self, shape: SourceShape, since: Position) -> _Condition:
         start = lookback_start(since.cursor, self.settings.lookback, column=shape.cursor_name)
@@ -296,6 +303,52 @@ class SqlConnector:
     def _redact(self, text: str) -> str:
         text = text.replace(self._url.render_as_string(hide_password=False), self._safe_url)
         return redact(text)
+
+
+def _bad_utf8(conn: Connection, exc: sa.exc.OperationalError) -> bool:
+    """SQLite text that is not UTF-8 (sqlite3 refuses to decode it, for the whole page)."""
+    return conn.dialect.name == "sqlite" and "could not decode to utf-8" in str(exc).lower()
+
+
+def _lenient_text_page(conn: Connection, stmt: sa.Select[Any], shape: SourceShape
+                       ) -> list[SourceRecord]:
+    """The page read again with undecodable bytes kept as surrogates; a row holding such text
+    gets a ``problem`` naming the column (its value is blanked, never shown)."""
+    raw = conn.connection.dbapi_connection
+    previous = raw.text_factory  # type: ignore[union-attr]
+    raw.text_factory = lambda data: data.decode("utf-8", "surrogateescape")  # type: ignore[union-attr]
+    try:
+        try:
+            records = [shape.record(row) for row in conn.execute(stmt).all()]
+        except (ValueError, TypeError, ArithmeticError):
+            records = shape.decode_each(conn, stmt)
+    finally:
+        raw.text_factory = previous  # type: ignore[union-attr]
+    return [_without_bad_text(shape, record) for record in records]
+
+
+def _without_bad_text(shape: SourceShape, record: SourceRecord) -> SourceRecord:
+    bad = sorted(name for name, value in record.values.items()
+                 if isinstance(value, str) and not _is_utf8(value))
+    if not bad:
+        return record
+    if shape.key_name in bad or shape.cursor_name in bad:
+        raise SourceError(f"the key or cursor of a row of {shape.label} holds text that is not "
+                          "valid UTF-8; the row cannot be tracked, fix the value in the source")
+    problem = "; ".join(f"column {name} holds text that is not valid UTF-8 (key "
+                        f"{record.key!r})" for name in bad)
+    if record.problem:
+        problem = f"{record.problem}; {problem}"
+    values = {n: None if n in bad else v for n, v in record.values.items()}
+    return SourceRecord(record.key, record.cursor, values, record.deleted, problem)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _same_order_class(shape: SourceShape, cursor: Any, seen: dict[str, int]) -> None:

@@ -204,6 +204,19 @@ def test_value_sqlite_cannot_decode_rejects_its_row_naming_key_and_column(lite: 
     assert "yesterday" not in result.output + str(rejects)
 
 
+def test_sqlite_text_that_is_not_utf8_rejects_its_row_only(lite: Setup) -> None:
+    """Bytes that are not UTF-8 in a SQLite text column (which sqlite3 refuses to decode for the
+    whole page) reject that row naming key and column, not showing the bytes; others sync."""
+    lite.execute(PEOPLE.format(seats="INTEGER", since="DATE", at="DATETIME"))
+    _rows(lite, 3)
+    lite.execute("UPDATE people SET name = CAST(X'41FF80' AS TEXT) WHERE id = 2")
+    lite.write()
+    result = lite.run("sync")
+    assert result.exit_code == 0, result.output
+    assert sorted(lite.sent()) == ["p1@example.com", "p3@example.com"]
+    assert lite.rejects()["2"]["reason"] == "column name holds text that is not valid UTF-8 (key 2)"
+
+
 @pytest.mark.postgres
 def test_postgresql_infinity_and_bc_dates_reject_their_row_only(pg: Setup) -> None:
     """PostgreSQL 'infinity' and BC dates (which Python cannot hold) reject their row naming the

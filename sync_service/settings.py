@@ -17,6 +17,7 @@ The token must be a valid HTTP header value; one that is not is refused without 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -106,8 +107,8 @@ def parse_duration(value: str | float) -> float:
         if not match:
             raise ValueError(f"duration {value!r} is not like 30s, 5m, 1h or 1d")
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
-    if seconds < 0:
-        raise ValueError(f"duration {value!r} is negative")
+    if seconds < 0 or not math.isfinite(seconds):
+        raise ValueError(f"duration {value!r} is negative or not finite")
     return seconds
 
 
@@ -137,17 +138,18 @@ class MailtrapSettings(_Section):
     api_url: str = "https://mailtrap.io"
     account_id: StrictInt | None = Field(None, gt=0)
     api_token: SecretStr | None = None
-    timeout: float = Field(30.0, gt=0, strict=True, description="seconds per HTTP request")
-    poll_interval: float = Field(2.0, gt=0, strict=True,
+    timeout: float = Field(30.0, gt=0, strict=True, allow_inf_nan=False,
+                           description="seconds per HTTP request")
+    poll_interval: float = Field(2.0, gt=0, strict=True, allow_inf_nan=False,
                                  description="first wait between import status polls")
-    poll_max_interval: float = Field(30.0, gt=0, strict=True,
+    poll_max_interval: float = Field(30.0, gt=0, strict=True, allow_inf_nan=False,
                                      description="longest wait between polls")
-    import_timeout: float = Field(7200.0, gt=0, strict=True,
+    import_timeout: float = Field(7200.0, gt=0, strict=True, allow_inf_nan=False,
                                   description="give up waiting for one import")
     max_retries: int = Field(8, ge=0, strict=True,
                              description="retries of one request on 429/5xx/timeouts")
     unreachable_timeout: float = Field(
-        60.0, gt=0, strict=True,
+        60.0, gt=0, strict=True, allow_inf_nan=False,
         description="seconds a request keeps retrying while Mailtrap cannot be reached at all "
         "(connection refused, DNS, connect timeout) before the run fails naming the URL",
     )
@@ -203,7 +205,7 @@ class MappingSettings(_Section):
 
 class PipelineSettings(_Section):
     name: str
-    lists: list[Annotated[str, Field(min_length=1)] | Annotated[int, Field(gt=0)]] = Field(
+    lists: list[Annotated[str, Field(min_length=1)] | Annotated[StrictInt, Field(gt=0)]] = Field(
         default_factory=list, description="list names (created if missing) or ids"
     )
     batch_size: int = Field(MAX_BATCH, ge=1, le=MAX_BATCH, strict=True)

@@ -27,10 +27,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 
-from connectors.sql_settings import SqlSourceSettings
-from connectors.sql_source import SourceShape
-from connectors.sql_values import Undecodable, lookback_start
 from sync_service.errors import ConfigError
+
+from .sql_settings import SqlSourceSettings
+from .sql_source import SourceShape
+from .sql_values import Undecodable, lookback_start
 
 # SQLite's storage classes that order with each other (integer and real compare as numbers).
 _SQLITE_CLASSES = {"integer": "number", "real": "number", "text": "text", "blob": "binary"}

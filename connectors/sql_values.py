@@ -15,8 +15,9 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from connectors.sql_settings import Lookback
 from sync_service.errors import ConfigError
+
+from .sql_settings import Lookback
 
 DEFAULT_TEMPORAL_LOOKBACK = timedelta(minutes=5)
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from sync_service.mapping import Mapper, MappingRejected, contact_hash
+from sync_service.errors import MappingRejected
+from sync_service.mapping import Mapper, contact_hash
 from sync_service.models import (
     ChangeKind,
     Contact,

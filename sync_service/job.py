@@ -27,39 +27,31 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
 from sync_service.connector import Connector, load_connector
-from sync_service.delivery import BatchBuilder, Courier, Interrupted, Sink, count_change
+from sync_service.delivery import BatchBuilder, Courier, Sink, count_change
 from sync_service.diff import Change, Differ
-from sync_service.errors import ConfigError, PipelineBusy, SyncError
-from sync_service.mailtrap.client import ContactList, MailtrapCancelled, MailtrapClient
+from sync_service.errors import ConfigError, Interrupted, PipelineBusy, Stopped, SyncError
+from sync_service.mailtrap.client import ContactList, MailtrapClient
 from sync_service.mapping import Mapper
 from sync_service.models import (
     ChangeKind,
-    ImportResult,
     RunKind,
     RunOutcome,
     SourceRecord,
     StoredContact,
 )
+from sync_service.observers import RunObserver  # in __all__: its old home was this module
 from sync_service.preflight import check_mapped_columns
-from sync_service.settings import AppSettings, PipelineSettings, parse_duration
-from sync_service.state import StateStore
+from sync_service.settings import AppSettings, PipelineSettings
+from sync_service.state import StateReader, StateStore
 
 log = structlog.get_logger(__name__)
 READ_CHUNK = 2_000
 __all__ = ["PlanReport", "RunObserver", "RunResult", "SyncJob", "chunked", "new_owner"]
-
-
-class RunObserver(Protocol):
-    """What the job reports as it goes (metrics, progress); every method is optional work."""
-
-    def records_read(self, pipeline: str, count: int) -> None: ...
-
-    def import_done(self, pipeline: str, result: ImportResult) -> None: ...
 
 
 @dataclass
@@ -117,7 +109,7 @@ class SyncJob:
         self.stop = stop or threading.Event()
         self.owner = owner or new_owner()
         self.observer = observer
-        self.lease_ttl = lease_ttl if lease_ttl is not None else parse_duration(settings.lease_ttl)
+        self.lease_ttl = lease_ttl if lease_ttl is not None else settings.lease_ttl
         self._lease_lost = threading.Event()
 
     # entry points ------------------------------------------------------------------------
@@ -145,7 +137,7 @@ class SyncJob:
 
         return self._execute(RunKind.RETRY, body, advance=False)
 
-    def plan(self, *, sample: int = 5, state: Any = None) -> PlanReport:
+    def plan(self, *, sample: int = 5, state: StateReader | None = None) -> PlanReport:
         """What a sync would send now; sends nothing and writes nothing."""
         state = state or self.store
         report = PlanReport(self.name)
@@ -187,7 +179,7 @@ class SyncJob:
             courier.recover()
             body(builder)
             result.outcome = RunOutcome.SUCCEEDED
-        except (Interrupted, MailtrapCancelled) as exc:
+        except Stopped as exc:
             result.outcome, result.error = RunOutcome.INTERRUPTED, str(exc)
         except ConfigError as exc:
             result.outcome, result.error = RunOutcome.FAILED, str(exc)
@@ -296,7 +288,8 @@ class SyncJob:
 
     # reading and deciding -----------------------------------------------------------------
     def _scan(
-        self, records: Iterable[SourceRecord], differ: Differ, sink: Sink, *, state: Any = None
+        self, records: Iterable[SourceRecord], differ: Differ, sink: Sink, *,
+        state: StateReader | None = None,
     ) -> None:
         state = state or self.store
         checked = False

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner, Result
 
 from sync_service.__main__ import cli
-from sync_service.mailtrap.double import MailtrapDouble
+from sync_service.testing.mailtrap.double import MailtrapDouble
 
 TOKEN = "tok-3c1e5a90b2d4f6"
 FIELDS = {"name": "text", "seats": "integer", "score": "float", "since": "date"}

@@ -15,7 +15,7 @@ from click.testing import CliRunner, Result
 from sqlalchemy.engine import make_url
 
 from sync_service.__main__ import cli
-from sync_service.mailtrap.double import MailtrapDouble
+from sync_service.testing.mailtrap.double import MailtrapDouble
 
 TOKEN = "tok-51d0c8e2a7f94b36"
 PASSWORD = "Pa55:w@rd/x+y"  # every URL encoding of it differs from the plain text

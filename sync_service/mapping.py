@@ -97,6 +97,8 @@ def _sendable(local_part: str, ascii_domain: str) -> str:
 
 def _is_unicode(text: str) -> bool:
     """False for text holding lone surrogates (undecodable bytes), which JSON cannot carry."""
+    if text.isascii():  # nearly every value: no copy made
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner, Result
 
 from sync_service.__main__ import cli
+from sync_service.connectors.sql import SqlConnector, SqlSourceSettings
 from sync_service.testing.mailtrap.double import MailtrapDouble
 
 TOKEN = "tok-3c1e5a90b2d4f6"
@@ -340,14 +341,20 @@ def test_query_that_writes_is_refused_on_mariadb(tmp_path: Path, double: Mailtra
         setup.engine.dispose()
 
 
-def test_sqlite_source_is_read_only(lite: Setup) -> None:
-    """A SQLite source is opened with query_only: a query whose statement writes is refused
-    (exit 2, read-only) and the table keeps its rows."""
+def test_sqlite_source_connections_are_read_only(lite: Setup) -> None:
+    """A SQLite source is opened with query_only: a statement that writes through the
+    connector's connections is refused, and the table keeps its rows."""
     lite.execute(PEOPLE.format(seats="INTEGER", since="DATE", at="DATETIME"))
     _rows(lite, 2)
-    lite.write(query="DELETE FROM people RETURNING *")
-    result = lite.run("sync")
-    assert result.exit_code == 2, result.output
+    connector = SqlConnector(SqlSourceSettings(url=lite.source_url, table="people", key="id",
+                                               cursor="updated_at"))
+    try:
+        with connector.engine.connect() as conn, pytest.raises(sa.exc.OperationalError,
+                                                               match="readonly"):
+            conn.execute(sa.text("DELETE FROM people"))
+        assert len(list(connector.read(None))) == 2
+    finally:
+        connector.close()
     with lite.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT COUNT(*) FROM people")).scalar() == 2
 

@@ -28,8 +28,14 @@ Contract (see ``SqlSourceSettings`` for the keys):
 - **Deletes.** With ``deleted_column``, a row whose value is non-NULL and not false/0 is yielded
   with ``deleted=True``.
 - **Errors.** SQLAlchemy errors become ``SourceError`` at this boundary, naming the URL without
-  its password; a missing table or column (also one that disappeared since the last run) is a
-  ``ConfigError`` naming it and listing what exists.
+  its password (nor secret query parameters); a missing table or column (also one that
+  disappeared since the last run) is a ``ConfigError`` naming it and listing what exists.
+- **Undecodable values.** A page holding a value its column's type cannot decode is read again
+  value by value; that row is yielded with ``problem`` set (the diff rejects it) and the others
+  read as usual.
+- **Guards** (``sql_guards``): connections are read-only; a missing SQLite file, a cursor whose
+  values do not order as one type, and a lookback that does not fit the cursor are
+  ``ConfigError``s found by ``check()``.
 """
 
 from __future__ import annotations
@@ -43,10 +49,27 @@ import structlog
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from sync_service.errors import ConfigError, SourceError
+from sync_service.logging import redact
 from sync_service.models import Position, SourceRecord
 
+from .sql_guards import (
+    check_cursor_order,
+    check_lookback,
+    make_read_only,
+    mixed_cursor,
+    order_class,
+    sqlite_file_exists,
+    tolerate_undecodable,
+)
 from .sql_settings import SqlSourceSettings
-from .sql_source import SourceShape, describe, probe_key_type, reason
+from .sql_source import (
+    SourceShape,
+    describe,
+    is_write_refused,
+    probe_key_type,
+    reason,
+    write_refused,
+)
 from .sql_values import coerce, lookback_start
 
 __all__ = ["SqlConnector", "SqlSourceSettings"]
@@ -66,10 +89,13 @@ class SqlConnector:
     def __init__(self, settings: SqlSourceSettings) -> None:
         self.settings = settings
         self._url = make_url(settings.url)
-        self._safe_url = self._url.render_as_string(hide_password=True)
+        self._safe_url = redact(self._url.render_as_string(hide_password=True))
         table = ".".join(n for n in (settings.db_schema, settings.table) if n)
         self._label = f"table {table}" if table else "`query`"
+        sqlite_file_exists(self._url, "source")
         self._engine = _create_engine(self._url, self._safe_url)
+        make_read_only(self._engine)
+        tolerate_undecodable(self._engine)
 
     @property
     def engine(self) -> Engine:
@@ -78,11 +104,18 @@ class SqlConnector:
 
     # the protocol ---------------------------------------------------------------------------
     def check(self) -> None:
-        """Connect, find the table or run the query, and check every configured column."""
+        """Connect, find the table or run the query (read-only), check every configured column,
+        that the cursor orders as one type and that the lookback fits it."""
         with self._connection("checking") as conn:
             shape = describe(conn, self.settings)
-            conn.execute(shape.select().limit(0)).close()
+            conn.execute(shape.select().limit(1)).close()  # run for real: a write fails here
+            check_cursor_order(conn, shape)
+            check_lookback(conn, shape, self.settings)
         log.info("sql.check_ok", source=shape.label, url=self._safe_url, columns=len(shape.names))
+
+    def columns(self) -> tuple[str, ...]:
+        """The columns each record's ``values`` holds (what a mapping may name)."""
+        return self._describe("checking").names
 
     def read(self, since: Position | None) -> Iterator[SourceRecord]:
         """Stream records after ``since`` (all of them when None) in (cursor, key) order."""
@@ -102,8 +135,10 @@ class SqlConnector:
         else:
             first = self._first_condition(shape, since)
         order = (shape.cursor, shape.key)
+        classes: dict[str, int] = {}
         for record in self._pages(shape, first, order, lambda r: _after(shape, r.cursor, r.key)):
             count += 1
+            _same_order_class(shape, record.cursor, classes)
             yield record
         self._report_null_keys(shape, since)
         log.info("sql.read_finished", source=shape.label, rows=count)
@@ -157,9 +192,21 @@ class SqlConnector:
         with self._connection(action) as conn:
             try:
                 rows = conn.execute(stmt).all()
-            except ValueError as exc:  # a stored value SQLAlchemy cannot parse (SQLite text)
-                raise SourceError(f"{action} {shape.label}: {exc}") from exc
+            except (ValueError, TypeError, ArithmeticError):
+                # A stored value its column's type cannot decode (SQLite keeps any text in a DATE
+                # column): read the page again value by value, so only that row is rejected.
+                return self._undecodable(shape, shape.decode_each(conn, stmt))
+            except sa.exc.OperationalError as exc:
+                if not _bad_utf8(conn, exc):
+                    raise
+                return self._undecodable(shape, _lenient_text_page(conn, stmt, shape))
         return [shape.record(row) for row in rows]
+
+    def _undecodable(self, shape: SourceShape, records: list[SourceRecord]
+                     ) -> list[SourceRecord]:
+        log.warning("sql.undecodable_values", source=shape.label,
+                    rows=sum(r.problem is not None for r in records))
+        return records
 
     def _first_condition(self, shape: SourceShape, since: Position) -> _Condition:
         start = lookback_start(since.cursor, self.settings.lookback, column=shape.cursor_name)
@@ -238,18 +285,72 @@ class SqlConnector:
             try:
                 yield conn
             except sa.exc.SQLAlchemyError as exc:
+                if is_write_refused(exc):
+                    raise write_refused(action, self._label, exc) from exc
                 raise SourceError(
                     f"{action} {self._label} failed on {self._safe_url}: "
                     f"{self._redact(reason(exc))}"
                 ) from exc
 
     def _redact(self, text: str) -> str:
-        password = self._url.password
-        if not password:
-            return text
         text = text.replace(self._url.render_as_string(hide_password=False), self._safe_url)
-        # A very short password would blank out ordinary words; such messages keep their text.
-        return text.replace(str(password), "***") if len(str(password)) >= 4 else text
+        return redact(text)
+
+
+def _bad_utf8(conn: Connection, exc: sa.exc.OperationalError) -> bool:
+    """SQLite text that is not UTF-8 (sqlite3 refuses to decode it, for the whole page)."""
+    return conn.dialect.name == "sqlite" and "could not decode to utf-8" in str(exc).lower()
+
+
+def _lenient_text_page(conn: Connection, stmt: sa.Select[Any], shape: SourceShape
+                       ) -> list[SourceRecord]:
+    """The page read again with undecodable bytes kept as surrogates; a row holding such text
+    gets a ``problem`` naming the column (its value is blanked, never shown)."""
+    raw = conn.connection.dbapi_connection
+    previous = raw.text_factory  # type: ignore[union-attr]
+    raw.text_factory = lambda data: data.decode("utf-8", "surrogateescape")  # type: ignore[union-attr]
+    try:
+        try:
+            records = [shape.record(row) for row in conn.execute(stmt).all()]
+        except (ValueError, TypeError, ArithmeticError):
+            records = shape.decode_each(conn, stmt)
+    finally:
+        raw.text_factory = previous  # type: ignore[union-attr]
+    return [_without_bad_text(shape, record) for record in records]
+
+
+def _without_bad_text(shape: SourceShape, record: SourceRecord) -> SourceRecord:
+    bad = sorted(name for name, value in record.values.items()
+                 if isinstance(value, str) and not _is_utf8(value))
+    if not bad:
+        return record
+    if shape.key_name in bad or shape.cursor_name in bad:
+        raise SourceError(f"the key or cursor of a row of {shape.label} holds text that is not "
+                          "valid UTF-8; the row cannot be tracked, fix the value in the source")
+    problem = "; ".join(f"column {name} holds text that is not valid UTF-8 (key "
+                        f"{record.key!r})" for name in bad)
+    if record.problem:
+        problem = f"{record.problem}; {problem}"
+    values = {n: None if n in bad else v for n, v in record.values.items()}
+    return SourceRecord(record.key, record.cursor, values, record.deleted, problem)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _same_order_class(shape: SourceShape, cursor: Any, seen: dict[str, int]) -> None:
+    """Cursor values of two ordering classes in one read: a ConfigError (see sql_guards)."""
+    if cursor is None:
+        return
+    kind = order_class(cursor)
+    seen[kind] = seen.get(kind, 0) + 1
+    if len(seen) > 1:
+        raise mixed_cursor(shape, dict.fromkeys(seen, 0))
 
 
 def _after(shape: SourceShape, cursor: Any, key: Any) -> _Condition:

@@ -39,7 +39,7 @@ def parse_lookback(value: Any) -> Lookback | None:
     if isinstance(value, bool):
         raise ValueError(f"{_LOOKBACK_HELP}; got {value!r}")
     if isinstance(value, int | float):
-        if value < 0:
+        if not value >= 0 or value == float("inf"):  # also NaN, which TOML can write
             raise ValueError(f"{_LOOKBACK_HELP}; got {value!r}")
         return value
     if not isinstance(value, str):
@@ -97,7 +97,8 @@ class SqlSourceSettings(ConnectorSettings):
         "for a numeric cursor, 0 to disable; default: 5m for temporal cursors, 0 otherwise",
     )
     fetch_size: int = Field(
-        5000, ge=1, description="rows per page query; memory is bounded by this many rows"
+        5000, ge=1, strict=True,
+        description="rows per page query; memory is bounded by this many rows"
     )
 
     @field_validator("url")
@@ -105,7 +106,7 @@ class SqlSourceSettings(ConnectorSettings):
     def _url(cls, value: str) -> str:
         try:
             make_url(value)
-        except ArgumentError as exc:
+        except (ArgumentError, ValueError) as exc:  # the parser's message may quote a secret
             raise ValueError(
                 "is not a SQLAlchemy URL (expected dialect+driver://user@host/database)"
             ) from exc

@@ -13,7 +13,7 @@ between runs is reported by name (``ConfigError``) rather than as a failing stat
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -25,7 +25,7 @@ from sync_service.errors import ConfigError, SourceError
 from sync_service.models import SourceRecord
 
 from .sql_settings import SqlSourceSettings
-from .sql_values import is_deleted
+from .sql_values import Undecodable, is_deleted
 
 _RAW_CURSOR = "_mts_raw_cursor"
 _MAX_LISTED = 40
@@ -47,6 +47,8 @@ class SourceShape:
     key_nullable: bool = True
     # SQLite only: how SQLAlchemy writes a cursor value as text, to verify the stored text matches.
     cursor_as_text: Callable[[Any], Any] | None = None
+    # PostgreSQL: values the driver cannot decode arrive as ``Undecodable`` (see sql_guards).
+    tolerant: bool = False
 
     @property
     def key(self) -> sa.ColumnElement[Any]:
@@ -63,14 +65,85 @@ class SourceShape:
             columns.append(sa.type_coerce(self.cursor, sa.String()).label(_RAW_CURSOR))
         return sa.select(*columns).select_from(self.selectable)
 
-    def record(self, row: sa.Row[Any]) -> SourceRecord:
+    def record(self, row: Sequence[Any], problem: str | None = None) -> SourceRecord:
         """The row as a record; ``values`` holds every selected column by name."""
         values = dict(zip(self.names, row, strict=False))
         cursor = values[self.cursor_name]
         if self.cursor_as_text is not None and cursor is not None:
             self._check_text(self.cursor_as_text, cursor, row[len(self.names)])
+        if self.tolerant and problem is None:
+            failed = {n: v for n, v in values.items() if isinstance(v, Undecodable)}
+            if failed:
+                return self._undecodable(values, failed)
         deleted = self.deleted_name is not None and is_deleted(values[self.deleted_name])
-        return SourceRecord(values[self.key_name], cursor, values, deleted)
+        return SourceRecord(values[self.key_name], cursor, values, deleted, problem)
+
+    def _undecodable(self, values: dict[str, Any], failed: dict[str, Undecodable]
+                     ) -> SourceRecord:
+        """A PostgreSQL row holding 'infinity' or a BC date: rejected naming key and column."""
+        key = values[self.key_name]
+        for column, role in ((self.key_name, "tracked"), (self.cursor_name, "ordered")):
+            if column in failed:
+                raise SourceError(
+                    f"column {column!r} of {self.label} holds a {failed[column].sql_type} value "
+                    f"Python cannot represent (infinity, or before year 1) (key {_short(key)}); "
+                    f"the row cannot be {role}, fix the value in the source"
+                )
+        problem = "; ".join(
+            f"column {name} holds a {value.sql_type} value Python cannot represent (infinity, "
+            f"or before year 1) (key {_short(key)})" for name, value in sorted(failed.items()))
+        clean = {n: None if n in failed else v for n, v in values.items()}
+        deleted = self.deleted_name is not None and is_deleted(clean[self.deleted_name])
+        return SourceRecord(key, values[self.cursor_name], clean, deleted, problem)
+
+    def decode_each(self, conn: Connection, stmt: sa.Select[Any]) -> list[SourceRecord]:
+        """Run ``stmt`` again with every column fetched undecoded, then decode value by value.
+
+        Used when a page holds a value the column's type cannot decode (SQLite keeps any text in
+        a DATE column): that row becomes a record with a ``problem`` naming the key, the column
+        and the value's kind (never the value), and every other row reads as usual. A key or
+        cursor that cannot be decoded cannot be tracked or ordered: that is a ``SourceError``.
+        """
+        dialect = conn.dialect
+        selected = list(stmt.selected_columns)
+        raw = stmt.with_only_columns(
+            *(sa.type_coerce(column, sa.types.NullType()).label(f"c{index}")
+              for index, column in enumerate(selected)))
+        decoders = [column.type.dialect_impl(dialect).result_processor(dialect, None)
+                    for column in selected]
+        kinds = {name: str(selected[i].type) for i, name in enumerate(self.names)}
+        records = []
+        for row in conn.execute(raw).all():
+            decoded = list(row)
+            failed: dict[str, Any] = {}
+            for index, decoder in enumerate(decoders):
+                if decoder is None or row[index] is None:
+                    continue
+                try:
+                    decoded[index] = decoder(row[index])
+                except (ValueError, TypeError, ArithmeticError):
+                    decoded[index] = None
+                    failed[self.names[index] if index < len(self.names) else "?"] = row[index]
+            records.append(self._partial(decoded, failed, kinds))
+        return records
+
+    def _partial(self, decoded: list[Any], failed: dict[str, Any], kinds: dict[str, str]
+                 ) -> SourceRecord:
+        key = decoded[self.names.index(self.key_name)]
+        for column, role in ((self.key_name, "tracked"), (self.cursor_name, "ordered")):
+            if column in failed:
+                where = "" if role == "tracked" else f" (key {_short(key)})"
+                raise SourceError(
+                    f"column {column!r} of {self.label} holds {_kind(failed[column])} that its "
+                    f"{kinds[column]} type cannot decode{where}; the row cannot be {role}, fix "
+                    "the value in the source"
+                )
+        if not failed:
+            return self.record(decoded)
+        problem = "; ".join(
+            f"column {name} holds {_kind(value)} that its {kinds.get(name, 'declared')} type "
+            f"cannot decode (key {_short(key)})" for name, value in sorted(failed.items()))
+        return self.record(decoded, problem=problem)
 
     def _check_text(self, writer: Callable[[Any], Any], cursor: Any, stored: Any) -> None:
         written = writer(cursor)
@@ -81,6 +154,19 @@ class SourceShape:
                 "this column would skip or repeat rows. Store datetimes as "
                 "'YYYY-MM-DD HH:MM:SS.ffffff', or read through `query` so the cursor is the text"
             )
+
+
+def _kind(value: Any) -> str:
+    """The kind of a stored value, in words, for messages that must not show the value."""
+    words = {str: "a text value", bytes: "a binary value", int: "an integer value",
+             float: "a real value"}
+    return words.get(type(value), f"a {type(value).__name__} value")
+
+
+def _short(key: Any) -> str:
+    """A key for a message: shown when short printable text, else by its kind."""
+    text = str(key)
+    return repr(text) if len(text) <= 64 and text.isprintable() else _kind(key)
 
 
 def describe(conn: Connection, settings: SqlSourceSettings) -> SourceShape:
@@ -121,6 +207,7 @@ def _describe_table(conn: Connection, settings: SqlSourceSettings, table: str) -
         cursor_timezone=timezone,
         key_nullable=bool(by_name[settings.key].get("nullable", True)),
         cursor_as_text=_sqlite_text_writer(conn.dialect, cursor_type, cursor_python),
+        tolerant=conn.dialect.name == "postgresql",
     )
 
 
@@ -150,6 +237,8 @@ def _describe_query(conn: Connection, settings: SqlSourceSettings, query: str) -
     except sa.exc.DBAPIError as exc:
         if exc.connection_invalidated:
             raise
+        if is_write_refused(exc):
+            raise write_refused("checking", "`query`", exc) from exc
         raise ConfigError(f"`query` cannot be run: {reason(exc)}") from exc
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -166,6 +255,7 @@ def _describe_query(conn: Connection, settings: SqlSourceSettings, query: str) -
         key_name=settings.key,
         cursor_name=settings.cursor,
         deleted_name=settings.deleted_column,
+        tolerant=conn.dialect.name == "postgresql",
     )
 
 
@@ -213,6 +303,23 @@ def probe_key_type(conn: Connection, shape: SourceShape) -> type | None:
     stmt = sa.select(shape.key).select_from(shape.selectable).where(shape.key.is_not(None))
     sample = conn.execute(stmt.limit(1)).scalar()
     return None if sample is None else type(sample)
+
+
+_READ_ONLY_WORDS = ("read-only", "readonly", "read only")
+
+
+def is_write_refused(exc: BaseException) -> bool:
+    """Whether a database error says a statement tried to write in a read-only session."""
+    text = reason(exc).lower()
+    return any(word in text for word in _READ_ONLY_WORDS)
+
+
+def write_refused(action: str, label: str, exc: BaseException) -> ConfigError:
+    """The error for a statement that tried to write to the (read-only) source."""
+    return ConfigError(
+        f"{action} {label}: the source is read-only for mailtrap-sync and the statement tried "
+        f"to write ({reason(exc)}); `query` must only read"
+    )
 
 
 def reason(exc: BaseException) -> str:

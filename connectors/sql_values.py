@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -19,6 +20,14 @@ from sync_service.errors import ConfigError
 from .sql_settings import Lookback
 
 DEFAULT_TEMPORAL_LOOKBACK = timedelta(minutes=5)
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """Stands for a stored value the driver cannot turn into Python (PostgreSQL's 'infinity'
+    dates and timestamps, dates before year 1): the row is rejected, not the page."""
+
+    sql_type: str
 _FALSE_WORDS = frozenset({"", "0", "false", "f", "no", "n"})
 
 

@@ -72,6 +72,10 @@ class Differ:
             if record.deleted:
                 mapped.append(Mapped(record))
                 continue
+            if record.problem is not None:  # a value the connector could not decode
+                mapped.append(Mapped(record, rejection=Rejection(
+                    record.key_str, None, RejectKind.INVALID_VALUE, record.problem)))
+                continue
             try:
                 contact = self.mapper.contact(record.values)
             except MappingRejected as exc:

@@ -135,3 +135,12 @@ class MailtrapValidationError(MailtrapError, RecordError):
     ) -> None:
         super().__init__(message, status=status, body=body)
         self.contact_errors = contact_errors or {}
+
+
+# hostile (issue 8) ----------------------------------------------------------------------------
+class MailtrapUnreachable(MailtrapRetriable):
+    """Mailtrap could not be reached at all (connection refused, DNS, connect timeout).
+
+    Retried like any passing fault, but only for ``mailtrap.unreachable_timeout`` seconds in
+    all; the error that ends the wait names the URL.
+    """

@@ -35,7 +35,7 @@ from sync_service.connector import Connector, load_connector
 from sync_service.delivery import BatchBuilder, Courier, Sink, count_change
 from sync_service.diff import Change, Differ
 from sync_service.errors import ConfigError, Interrupted, PipelineBusy, Stopped, SyncError
-from sync_service.mailtrap.client import MailtrapClient
+from sync_service.mailtrap.client import ContactList, MailtrapClient
 from sync_service.mapping import Mapper
 from sync_service.models import (
     ChangeKind,
@@ -45,6 +45,7 @@ from sync_service.models import (
     StoredContact,
 )
 from sync_service.observers import RunObserver  # in __all__: its old home was this module
+from sync_service.preflight import check_mapped_columns
 from sync_service.settings import AppSettings, PipelineSettings
 from sync_service.state import StateReader, StateStore
 
@@ -62,6 +63,7 @@ class RunResult:
     run_id: int | None = None
     error: str | None = None
     duration_s: float = 0.0
+    config_error: bool = False  # the run failed on configuration: the CLI exits 2
 
 
 @dataclass
@@ -181,6 +183,9 @@ class SyncJob:
             result.outcome = RunOutcome.SUCCEEDED
         except Stopped as exc:
             result.outcome, result.error = RunOutcome.INTERRUPTED, str(exc)
+        except ConfigError as exc:
+            result.outcome, result.error = RunOutcome.FAILED, str(exc)
+            result.config_error = True
         except SyncError as exc:
             result.outcome, result.error = RunOutcome.FAILED, str(exc)
         except Exception as exc:
@@ -232,22 +237,38 @@ class SyncJob:
         connector = factory(self.pipeline.source)
         try:
             connector.check()
+            check_mapped_columns(self.pipeline, connector)
             yield connector
         finally:
             connector.close()
 
     def build_mapper(self, *, create_lists: bool, report: PlanReport | None = None) -> Mapper:
-        list_ids = self._resolve_lists(create=create_lists, report=report)
+        """The pipeline's mapper. Lists are created (``create_lists``) only once the fields and
+        the source have passed their checks, so a run failing on configuration creates none."""
         field_types = {f.merge_tag: f.data_type for f in self.client.fields()}
-        try:
-            return Mapper(email_column=self.pipeline.mapping.email,
-                          fields=self.pipeline.mapping.fields,
-                          field_types=field_types, list_ids=list_ids)
-        except ConfigError as exc:
-            raise ConfigError(f"pipeline {self.name}: {exc}") from exc
 
-    def _resolve_lists(self, *, create: bool, report: PlanReport | None) -> tuple[int, ...]:
+        def mapper(list_ids: tuple[int, ...]) -> Mapper:
+            try:
+                return Mapper(email_column=self.pipeline.mapping.email,
+                              fields=self.pipeline.mapping.fields,
+                              field_types=field_types, list_ids=list_ids)
+            except ConfigError as exc:
+                raise ConfigError(f"pipeline {self.name}: {exc}") from exc
+
+        mapper(())  # the fields, before any list is created
         existing = self.client.lists()
+        missing = PlanReport(self.name)
+        found = self._resolve_lists(existing, create=False, report=missing)
+        if not (create_lists and missing.lists_to_create):
+            if report is not None:
+                report.lists_to_create.extend(missing.lists_to_create)
+            return mapper(found)
+        with self.open_connector():  # the source's checks, before any list is created
+            pass
+        return mapper(self._resolve_lists(existing, create=True, report=report))
+
+    def _resolve_lists(self, existing: Sequence[ContactList], *, create: bool,
+                       report: PlanReport | None) -> tuple[int, ...]:
         by_name = {item.name: item.id for item in existing}
         by_fold = {item.name.casefold(): item.id for item in existing}
         ids: list[int] = []

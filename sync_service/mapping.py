@@ -9,12 +9,21 @@ Choices where Mailtrap is silent (see README "Mapping rules"):
   form so one address has one spelling;
 - NULL text becomes "" (clears the field); NULL of another type is left out, since Mailtrap has
   no documented way to clear a typed field;
-- text longer than 255 characters and NUL characters are refused rather than truncated.
+- text longer than 255 characters and NUL characters are refused rather than truncated;
+- ``integer`` values are kept within ±(2**53 - 1), the range every JSON parser reads exactly
+  (RFC 8259 §6; Mailtrap documents no range of its own), so no value is sent that a reader could
+  round; a larger one rejects the row;
+- parsing is strict: text becomes a number only when it is written as one (ASCII digits, an
+  optional sign, a decimal point and exponent for ``float``; ``"1_5"`` or ``"١٢"`` are not
+  numbers), and a ``date`` only when the whole text is an ISO date or date-time;
+- nothing the mapper accepts can make ``contact_hash`` fail: every value is plain JSON (no
+  lone surrogates, integers within range).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -31,6 +40,11 @@ from sync_service.errors import MappingRejected as MappingRejected  # noqa: PLC0
 from sync_service.models import Contact, FieldValue, RejectKind
 
 TEXT_LIMIT = 255
+INTEGER_LIMIT = 2**53 - 1  # JSON-safe: exact in every JSON reader (RFC 8259 §6)
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]{1,30}", re.ASCII)
+# nan and inf are let through to be refused as "not finite", which says more than "not a number".
+_FLOAT_TEXT = re.compile(r"[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:e[+-]?[0-9]{1,4})?"
+                         r"|nan|inf|infinity)", re.ASCII | re.IGNORECASE)
 DATA_TYPES = ("text", "integer", "float", "boolean", "date")
 _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
@@ -60,6 +74,8 @@ def normalise_email(value: Any) -> str:
     text = value.strip().lower()
     if "\x00" in text:
         raise MappingRejected(RejectKind.INVALID_EMAIL, "email contains a NUL character")
+    if not _is_unicode(text):
+        raise MappingRejected(RejectKind.INVALID_EMAIL, "email is not valid Unicode text")
     simple = _SIMPLE.match(text)
     if simple and len(simple.group(1)) <= 64 and len(text) <= 254:
         # Same verdict as the full check below, at a fraction of the cost per row.
@@ -79,43 +95,86 @@ def _sendable(local_part: str, ascii_domain: str) -> str:
     return f"{local_part}@{ascii_domain}".lower()
 
 
+def _is_unicode(text: str) -> bool:
+    """False for text holding lone surrogates (undecodable bytes), which JSON cannot carry."""
+    if text.isascii():  # nearly every value: no copy made
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _kind(value: Any) -> str:
+    """What a value is, for a reason that must not repeat the value itself."""
+    return type(value).__name__
+
+
 def _as_text(value: Any) -> str:
     if isinstance(value, datetime | date):
         text = value.isoformat()
-    elif isinstance(value, bytes):
+    elif isinstance(value, bytes | bytearray | memoryview):
         raise ValueError("is binary, not text")
     else:
         text = str(value)
     if "\x00" in text:
         raise ValueError("contains a NUL character")
+    if not _is_unicode(text):
+        raise ValueError("is not valid Unicode text (it holds undecodable characters)")
     if len(text) > TEXT_LIMIT:
         raise ValueError(f"is {len(text)} characters, over Mailtrap's {TEXT_LIMIT}")
     return text
+
+
+def _in_range(number: int | Decimal | float, value: Any) -> int:
+    if not -INTEGER_LIMIT <= number <= INTEGER_LIMIT:
+        raise ValueError(f"{_describe(value)} is outside the integer range ±{INTEGER_LIMIT} "
+                         "(2**53 - 1, what every JSON reader keeps exact)")
+    return int(number)
 
 
 def _as_integer(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("is a boolean, not an integer")
     if isinstance(value, int):
-        return value
+        return _in_range(value, value)
     if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
-        return int(value)
+        return _in_range(value, value)
     if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-        return int(value.strip())
-    raise ValueError(f"{value!r} is not an integer")
+        return _in_range(value, value)
+    if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value.strip()):
+        return _in_range(int(value.strip()), value)
+    raise ValueError(f"{_describe(value)} is not an integer")
+
+
+def _describe(value: Any) -> str:
+    """A short, printable description of a value for a reason: short plain text or a number is
+    shown, anything else only by its kind (it could be long, binary or hold control characters).
+    """
+    if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+        text = str(value)
+        return text if len(text) <= 40 else f"a {len(text)}-digit {_kind(value)}"
+    if isinstance(value, str) and len(value) <= 40 and value.isprintable() and _is_unicode(value):
+        return repr(value)
+    return f"a {_kind(value)} value"
 
 
 def _as_float(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("is a boolean, not a number")
+    if isinstance(value, str):
+        if not _FLOAT_TEXT.fullmatch(value.strip()):
+            raise ValueError(f"{_describe(value)} is not a number")
+        value = value.strip()
+    elif not isinstance(value, int | float | Decimal):
+        raise ValueError(f"{_describe(value)} is not a number")
     try:
-        number = float(value.strip() if isinstance(value, str) else value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{value!r} is not a number") from exc
+        number = float(value)
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"{_describe(value)} is not a number Mailtrap can hold") from exc
     if not math.isfinite(number):
-        raise ValueError(f"{value!r} is not a finite number")
+        raise ValueError(f"{_describe(value)} is not a finite number")
     return number
 
 
@@ -126,7 +185,7 @@ def _as_boolean(value: Any) -> bool:
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
-    raise ValueError(f"{value!r} is not a boolean")
+    raise ValueError(f"{_describe(value)} is not a boolean")
 
 
 def _as_date(value: Any) -> str:
@@ -135,11 +194,21 @@ def _as_date(value: Any) -> str:
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, str):
+        return _date_text(value)
+    raise ValueError(f"{_describe(value)} is not a date")
+
+
+def _date_text(value: str) -> str:
+    """A whole ISO date (``2025-01-02``) or date-time (``2025-01-02 10:00:00``), as a date."""
+    text = value.strip()
+    if text.isascii():
         try:
-            return date.fromisoformat(value.strip()[:10]).isoformat()
-        except ValueError as exc:
-            raise ValueError(f"{value!r} is not a yyyy-mm-dd date") from exc
-    raise ValueError(f"{value!r} is not a date")
+            if len(text) == 10:
+                return date.fromisoformat(text).isoformat()
+            return datetime.fromisoformat(text).date().isoformat()
+        except ValueError:
+            pass
+    raise ValueError(f"{_describe(value)} is not a yyyy-mm-dd date")
 
 
 _CONVERTERS: dict[str, Callable[[Any], FieldValue]] = {
@@ -191,7 +260,7 @@ class Mapper:
                 continue
             try:
                 typed[tag] = convert(raw)
-            except ValueError as exc:
+            except (ValueError, TypeError, ArithmeticError) as exc:
                 raise MappingRejected(
                     RejectKind.INVALID_VALUE, f"field {tag} (column {column}) {exc}", field=tag
                 ) from exc
@@ -199,9 +268,14 @@ class Mapper:
 
 
 def contact_hash(contact: Contact) -> str:
-    """A stable digest of exactly what would be sent (email, typed fields, lists)."""
-    canonical = orjson.dumps(
-        {"e": contact.email, "f": dict(contact.fields), "l": list(contact.list_ids)},
-        option=orjson.OPT_SORT_KEYS,
-    )
+    """A stable digest of exactly what would be sent (email, typed fields, lists).
+
+    Never raises: what the mapper produces is plain JSON, and anything else (a contact built by
+    hand with an out-of-range integer or a lone surrogate) is hashed from an escaped form.
+    """
+    document = {"e": contact.email, "f": dict(contact.fields), "l": list(contact.list_ids)}
+    try:
+        canonical = orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        canonical = json.dumps(document, sort_keys=True, default=repr).encode("ascii")
     return hashlib.blake2b(canonical, digest_size=16).hexdigest()

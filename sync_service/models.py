@@ -29,12 +29,18 @@ class Position:
 
 @dataclass(frozen=True, slots=True)
 class SourceRecord:
-    """One row as a connector yields it, in (cursor, key) order."""
+    """One row as a connector yields it, in (cursor, key) order.
+
+    ``problem`` says why the row cannot be used although its key and cursor could be read (a
+    value the driver could not decode); the diff records it as a rejection of that row. It names
+    the column and the value's kind, never the value.
+    """
 
     key: Any
     cursor: Any
     values: Mapping[str, Any]
     deleted: bool = False
+    problem: str | None = None
 
     @property
     def key_str(self) -> str:

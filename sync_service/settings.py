@@ -7,6 +7,12 @@ written in the file is refused. ``${VAR}`` inside the state URL and the source t
 the environment variable's value (an unset variable is an error naming it).
 
 Every problem surfaces as one ``ConfigError`` that names the file, the pipeline and the key.
+
+Parsing is strict: numbers, booleans and durations must be written as what they are (TOML's
+``true`` is not the number 1, ``"1_5"`` is not 15). Secrets are registered for redaction as they
+are read: the token, URL passwords and secret query parameters, and ``${VAR}`` values whose
+variable name says they are secret (``*PASSWORD*``, ``*TOKEN*``, ``*SECRET*``, ``*KEY*``...).
+The token must be a valid HTTP header value; one that is not is refused without being shown.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -36,6 +43,7 @@ from pydantic_settings import (
 
 from sync_service.connector import ConnectorSettings, load_connector
 from sync_service.errors import ConfigError
+from sync_service.logging import SECRET_VARIABLE, register_secret, register_url
 from sync_service.units import Duration, Rate
 from sync_service.units import parse_duration as parse_duration  # noqa: PLC0414 - old home
 from sync_service.units import parse_rate as parse_rate  # noqa: PLC0414 - old home
@@ -50,6 +58,8 @@ _ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "MAILTRAP_SYNC_WEB_LISTEN": ("web", "listen"),
 }
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# Visible ASCII: what an HTTP header value (RFC 9110 field-vchar) may carry in a Bearer token.
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]+", re.ASCII)
 _PIPELINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _config_file: ContextVar[Path | None] = ContextVar("config_file", default=None)
 
@@ -65,6 +75,8 @@ def expand_env(value: str, where: str) -> str:
         name = match.group(1)
         if name not in os.environ:
             raise ValueError(f"environment variable {name} is not set (referenced in {where})")
+        if SECRET_VARIABLE.search(name):
+            register_secret(os.environ[name])
         return os.environ[name]
 
     return _VAR.sub(_sub, value)
@@ -86,7 +98,9 @@ class StateSettings(_Section):
     @field_validator("url")
     @classmethod
     def _expand(cls, value: str) -> str:
-        return expand_env(value, "state.url")
+        expanded = expand_env(value, "state.url")
+        register_url(expanded)
+        return expanded
 
 
 class PacingSettings(_Section):
@@ -97,19 +111,56 @@ class PacingSettings(_Section):
 
 class MailtrapSettings(_Section):
     api_url: str = "https://mailtrap.io"
-    account_id: int | None = Field(None, gt=0)
+    account_id: StrictInt | None = Field(None, gt=0)
     api_token: SecretStr | None = None
-    timeout: float = Field(30.0, gt=0, description="seconds per HTTP request")
-    poll_interval: float = Field(2.0, gt=0, description="first wait between import status polls")
-    poll_max_interval: float = Field(30.0, gt=0, description="longest wait between polls")
-    import_timeout: float = Field(7200.0, gt=0, description="give up waiting for one import")
-    max_retries: int = Field(8, ge=0, description="retries of one request on 429/5xx/timeouts")
+    timeout: float = Field(30.0, gt=0, strict=True, allow_inf_nan=False,
+                           description="seconds per HTTP request")
+    poll_interval: float = Field(2.0, gt=0, strict=True, allow_inf_nan=False,
+                                 description="first wait between import status polls")
+    poll_max_interval: float = Field(30.0, gt=0, strict=True, allow_inf_nan=False,
+                                     description="longest wait between polls")
+    import_timeout: float = Field(7200.0, gt=0, strict=True, allow_inf_nan=False,
+                                  description="give up waiting for one import")
+    max_retries: int = Field(8, ge=0, strict=True,
+                             description="retries of one request on 429/5xx/timeouts")
+    unreachable_timeout: float = Field(
+        60.0, gt=0, strict=True, allow_inf_nan=False,
+        description="seconds a request keeps retrying while Mailtrap cannot be reached at all "
+        "(connection refused, DNS, connect timeout) before the run fails naming the URL",
+    )
     pacing: PacingSettings = PacingSettings()
 
     @field_validator("api_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
+        register_url(value)
         return value.rstrip("/")
+
+    @field_validator("api_token")
+    @classmethod
+    def _header_safe(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        token = value.get_secret_value().strip()
+        register_secret(token)
+        if token and not _HEADER_SAFE.fullmatch(token):
+            raise ValueError(f"MAILTRAP_API_TOKEN is not a valid HTTP header value: it contains "
+                             f"{_unsafe(token)} (the value is not shown)")
+        return SecretStr(token)
+
+
+def _unsafe(token: str) -> str:
+    """What makes a token unusable in a header, without showing any of it."""
+    found = []
+    if any(c in "\r\n" for c in token):
+        found.append("a line break")
+    if any(c.isspace() and c not in "\r\n" for c in token):
+        found.append("white space")
+    if any((ord(c) < 0x20 and not c.isspace()) or ord(c) == 0x7F for c in token):
+        found.append("control characters")
+    if not token.isascii():
+        found.append("non-ASCII characters")
+    return " and ".join(found) or "characters a header cannot carry"
 
 
 class MappingSettings(_Section):
@@ -129,10 +180,10 @@ class MappingSettings(_Section):
 
 class PipelineSettings(_Section):
     name: str
-    lists: list[Annotated[str, Field(min_length=1)] | Annotated[int, Field(gt=0)]] = Field(
+    lists: list[Annotated[str, Field(min_length=1)] | Annotated[StrictInt, Field(gt=0)]] = Field(
         default_factory=list, description="list names (created if missing) or ids"
     )
-    batch_size: int = Field(MAX_BATCH, ge=1, le=MAX_BATCH)
+    batch_size: int = Field(MAX_BATCH, ge=1, le=MAX_BATCH, strict=True)
     source: ConnectorSettings
     mapping: MappingSettings = MappingSettings()
     schedule: str | None = Field(None, description="cron expression for `run`")
@@ -173,6 +224,11 @@ class PipelineSettings(_Section):
             raise ValueError("needs a table with a `connector` key (e.g. connector = \"sql\")")
         raw = {k: expand_env(v, f"source.{k}") if isinstance(v, str) else v
                for k, v in value.items()}
+        for key, item in raw.items():
+            if isinstance(item, str) and "url" in key.lower():
+                register_url(item)
+            elif isinstance(item, str) and SECRET_VARIABLE.search(key):
+                register_secret(item)
         try:
             factory = load_connector(str(raw["connector"]))
         except ConfigError as exc:
@@ -191,7 +247,7 @@ class PipelineSettings(_Section):
 
 class WebSettings(_Section):
     listen: str = Field("127.0.0.1:9108", description="address of /healthz, /readyz, /metrics")
-    enabled: bool = True
+    enabled: bool = Field(True, strict=True)
 
 
 class DaemonSettings(_Section):
@@ -204,7 +260,8 @@ class DaemonSettings(_Section):
     misfire_grace: Duration = Field(300.0, description="a run late by more than this is skipped "
                                                        "(5m)")
     grace_period: Duration = Field(30.0, description="time to finish the current step on SIGTERM")
-    failure_threshold: int = Field(3, ge=1, description="failures in a row before backing off")
+    failure_threshold: int = Field(3, ge=1, strict=True,
+                                   description="failures in a row before backing off")
     failure_backoff: Duration = Field(300.0, description="first pause after the threshold; "
                                                          "doubles (5m)")
     failure_backoff_max: Duration = Field(3600.0, description="longest pause (1h)")
@@ -234,8 +291,15 @@ class _EnvOverrides(PydanticBaseSettingsSource):
         for env, (section, key) in _ENV_OVERRIDES.items():
             value = os.environ.get(env)
             if value not in (None, ""):
-                found.setdefault(section, {})[key] = value
+                found.setdefault(section, {})[key] = _env_value(key, value)
         return found
+
+
+def _env_value(key: str, value: str | None) -> Any:
+    """Environment variables are text; the account id is a number written in ASCII digits."""
+    if key == "account_id" and value is not None and re.fullmatch(r"[0-9]{1,18}", value.strip()):
+        return int(value)
+    return value
 
 
 class AppSettings(BaseSettings):

@@ -14,6 +14,7 @@ Pure: no I/O, no import of the rest of the package.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 from typing import Annotated, Any, NamedTuple
@@ -22,8 +23,9 @@ from pydantic import BeforeValidator, GetCoreSchemaHandler
 from pydantic_core import core_schema
 
 UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
+# ASCII digits only: "١٢s" or "1_5" is not a duration (issue 8, strict parsing).
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.ASCII)
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$", re.ASCII)
 
 
 def duration_parts(text: str) -> tuple[int | float, str | None] | None:
@@ -55,8 +57,8 @@ def parse_duration(value: str | float | timedelta) -> float:
             raise ValueError(f"duration {value!r} is not like 30s, 5m, 1h or 1d")
         amount, unit = parts
         seconds = float(amount) * UNIT_SECONDS[unit or "s"]
-    if seconds < 0:
-        raise ValueError(f"duration {value!r} is negative")
+    if not 0 <= seconds < math.inf:  # also NaN and infinity, which TOML can write
+        raise ValueError(f"duration {value!r} is negative or not finite")
     return seconds
 
 

@@ -28,6 +28,7 @@ from sync_service.settings import AppSettings
 from sync_service.state import StateStore
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_BUSY = 0, 1, 2, 3
+QUICK_S = 5.0  # how long `check` waits for an unreachable Mailtrap
 log = structlog.get_logger(__name__)
 
 
@@ -53,7 +54,10 @@ def build_client(
     *,
     transport: httpx.BaseTransport | None = None,
     observer: RequestObserver | None = None,
+    quick: bool = False,
 ) -> MailtrapClient:
+    """The Mailtrap client; ``quick`` (for ``check``) gives up on an unreachable Mailtrap
+    within seconds instead of ``mailtrap.unreachable_timeout``."""
     cfg = settings.mailtrap
     token = api_token(settings)
     pacer = Pacer(token=token, account_rate=cfg.pacing.account, token_rate=cfg.pacing.token)
@@ -61,6 +65,9 @@ def build_client(
     return MailtrapClient(
         token=token, base_url=cfg.api_url, account_id=cfg.account_id, transport=transport,
         timeout=cfg.timeout, pacer=pacer, max_retries=cfg.max_retries, on_response=hook,
+        unreachable_timeout=min(cfg.unreachable_timeout, QUICK_S) if quick
+        else cfg.unreachable_timeout,
+        connect_timeout=QUICK_S if quick else 10.0,
     )
 
 

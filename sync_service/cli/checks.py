@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 from sync_service.cli.render import check_line
-from sync_service.errors import SyncError
+from sync_service.errors import ConfigError, SyncError
 from sync_service.job import PlanReport, SyncJob
 from sync_service.logging import redact
 from sync_service.settings import AppSettings, PipelineSettings
@@ -20,15 +20,18 @@ Report = Callable[[bool, str, str | None], None]
 
 
 def run_checks(settings: AppSettings, pipelines: Sequence[PipelineSettings],
-               report: Report = check_line) -> bool:
-    """Check each moving part; ``report`` each (one printed line by default); True when all pass.
-    """
+               report: Report = check_line) -> int:
+    """Check each moving part; ``report`` each (one printed line by default). The exit code: 0
+    when all pass, 2 when a check found a configuration error, else 1."""
+    config: list[str] = []
 
     def _check(label: str, action: Callable[[], str | None]) -> bool:
         try:
             detail = action()
         except SyncError as exc:
             report(False, label, redact(str(exc)))
+            if isinstance(exc, ConfigError):
+                config.append(label)
             return False
         report(True, label, detail)
         return True
@@ -37,7 +40,7 @@ def run_checks(settings: AppSettings, pipelines: Sequence[PipelineSettings],
     store = StateStore.from_url(settings.state.url)  # connects lazily: checked just below
     try:
         ok = _check("state store", lambda: _store_reachable(store))
-        with build_client(settings) as client:
+        with build_client(settings, quick=True) as client:
             ok &= _check("token and account", lambda: f"account {client.resolve_account()}")
             for pipeline in pipelines:
                 job = SyncJob(settings=settings, pipeline=pipeline, store=store, client=client)
@@ -45,7 +48,7 @@ def run_checks(settings: AppSettings, pipelines: Sequence[PipelineSettings],
                 ok &= _check(f"{pipeline.name}: source", partial(_source, job))
     finally:
         store.close()
-    return ok
+    return 0 if ok else 2 if config else 1
 
 
 def _store_reachable(store: StateStore) -> str:

@@ -30,6 +30,7 @@ from sync_service.settings import AppSettings, PipelineSettings, load_settings
 from sync_service.state import StateStore
 from sync_service.wiring import (
     EXIT_BUSY,
+    EXIT_CONFIG,
     EXIT_FAILED,
     EXIT_OK,
     ProgressObserver,
@@ -80,6 +81,8 @@ def _services(settings: AppSettings) -> Iterator[tuple[StateStore, Any]]:
 
 
 def _exit_code(results: Sequence[RunResult], busy: int) -> int:
+    if any(r.config_error for r in results):
+        return EXIT_CONFIG
     if any(r.outcome is not RunOutcome.SUCCEEDED for r in results):
         return EXIT_FAILED
     return EXIT_BUSY if busy else EXIT_OK
@@ -255,11 +258,11 @@ def check(ctx: click.Context, pipelines: tuple[str, ...], as_json: bool) -> None
     def collect(ok: bool, label: str, detail: str | None) -> None:
         found.append({"check": label, "ok": ok, "detail": detail})
 
-    ok = run_checks(settings, _select(settings, pipelines),
-                    collect if as_json else render.check_line)
+    code = run_checks(settings, _select(settings, pipelines),
+                      collect if as_json else render.check_line)
     if as_json:
-        render.emit_json({"ok": ok, "checks": found})
-    sys.exit(EXIT_OK if ok else EXIT_FAILED)
+        render.emit_json({"ok": code == EXIT_OK, "checks": found})
+    sys.exit(code)
 
 
 @cli.group()

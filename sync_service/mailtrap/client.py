@@ -12,6 +12,11 @@ retry back-off gives up as soon as ``should_stop()`` is true, raising ``Mailtrap
 (nothing more is sent), and ``wait_for_import`` returns None. A request already on the wire is
 not aborted.
 
+Mailtrap unreachable (connection refused, DNS failure, connect timeout) is retried too, but for
+at most ``unreachable_timeout`` seconds in all (and connecting waits at most ``connect_timeout``
+per attempt); then ``MailtrapUnreachable`` names the URL. ``check`` uses a few seconds, a run the
+``mailtrap.unreachable_timeout`` setting.
+
 Creating a list is idempotent: a retry first looks for a list of that name, in case the failed
 attempt was carried out (a connection dropped after Mailtrap created it).
 
@@ -39,6 +44,7 @@ from tenacity import (
     stop_after_attempt,
     wait_exponential_jitter,
 )
+from tenacity.stop import stop_base
 
 from sync_service import __version__
 from sync_service.errors import (
@@ -49,6 +55,7 @@ from sync_service.errors import (
     MailtrapRateLimited,
     MailtrapRetriable,
     MailtrapUnexpectedAnswer,
+    MailtrapUnreachable,
 )
 from sync_service.errors import MailtrapCancelled as MailtrapCancelled  # noqa: PLC0414 - old home
 from sync_service.mailtrap.answers import as_object, import_result, items, raise_for
@@ -94,11 +101,15 @@ class MailtrapClient:
         retry_max: float = 30.0,
         on_response: ResponseHook | None = None,
         sleep: Callable[[float], object] = time.sleep,
+        unreachable_timeout: float = 60.0,
+        connect_timeout: float = 10.0,
     ) -> None:
+        self._base_url = base_url
+        self._unreachable_timeout = unreachable_timeout
         self._http = httpx.Client(
             base_url=base_url,
             transport=transport,
-            timeout=timeout,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, connect_timeout)),
             headers={
                 "Authorization": f"Bearer {token}",
                 "Accept": "application/json",
@@ -256,13 +267,26 @@ class MailtrapClient:
 
     def _retrying(self) -> Retrying:
         return Retrying(
-            stop=stop_after_attempt(self._retries + 1),
+            stop=stop_after_attempt(self._retries + 1) | _UnreachableFor(self._unreachable_timeout),
             wait=self._backoff,
             retry=retry_if_exception_type(MailtrapRetriable),
             before_sleep=_log_retry,
             sleep=self._backoff_sleep,
-            reraise=True,
+            retry_error_callback=self._give_up,
         )
+
+    def _give_up(self, state: RetryCallState) -> Any:
+        """Re-raise the last error; an unreachable Mailtrap is named with its URL and the wait."""
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, MailtrapUnreachable):
+            raise MailtrapUnreachable(
+                f"Mailtrap at {self._base_url} cannot be reached ({error}); gave up after "
+                f"{state.seconds_since_start or 0.0:.0f}s and {state.attempt_number} attempts "
+                "(mailtrap.unreachable_timeout)"
+            ) from error
+        if error is not None:
+            raise error
+        raise AssertionError("tenacity gave up without an error")  # pragma: no cover
 
     def _request(
         self, method: str, path: str, *, group: str, json: Any = None, scoped: bool = True
@@ -293,11 +317,14 @@ class MailtrapClient:
         headers = {"Content-Type": "application/json"} if content is not None else None
         try:
             return self._http.request(method, url, content=content, headers=headers)
+        except httpx.UnsupportedProtocol as exc:
+            raise ConfigError(f"mailtrap.api_url: {exc}") from exc
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            self._record(group, 0)
+            raise MailtrapUnreachable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
         except httpx.TimeoutException as exc:
             self._record(group, 0)
             raise MailtrapRetriable(f"{method} {url}: timed out") from exc
-        except httpx.UnsupportedProtocol as exc:
-            raise ConfigError(f"mailtrap.api_url: {exc}") from exc
         except httpx.TransportError as exc:
             self._record(group, 0)
             raise MailtrapRetriable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
@@ -312,6 +339,9 @@ class MailtrapClient:
         if isinstance(error, MailtrapRateLimited) and error.retry_after is not None:
             # Honour Mailtrap's word, with jitter so that waiting clients do not return at once.
             return max(wait, error.retry_after + random.uniform(0, self._jitter))  # noqa: S311
+        if isinstance(error, MailtrapUnreachable):  # never sleep past the unreachable budget
+            left = self._unreachable_timeout - (state.seconds_since_start or 0.0)
+            return max(0.0, min(wait, left))
         return wait
 
     def _backoff_sleep(self, seconds: float) -> None:
@@ -329,6 +359,18 @@ class MailtrapClient:
                 return False
             self._sleep(min(STOP_CHECK_S, left))
         return not should_stop()
+
+
+class _UnreachableFor(stop_base):
+    """Stop once Mailtrap has been unreachable for ``seconds`` since the first attempt."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        return (isinstance(error, MailtrapUnreachable)
+                and (retry_state.seconds_since_start or 0.0) >= self.seconds)
 
 
 def _log_retry(state: RetryCallState) -> None:

@@ -169,7 +169,8 @@ def test_busy_pipeline_exits_3(workdir: tuple[Path, Source], double: MailtrapDou
 
 def test_check_names_missing_merge_tags(workdir: tuple[Path, Source],
                                         double: MailtrapDouble) -> None:
-    """`check` passes on a good set-up and, when a mapped field is missing, names its tag."""
+    """`check` passes on a good set-up and, when a mapped field is missing, names its tag and
+    exits 2 (a configuration error)."""
     config, _ = workdir
     ok = _cli("--config", str(config), "check")
     assert ok.exit_code == 0, ok.output
@@ -177,7 +178,7 @@ def test_check_names_missing_merge_tags(workdir: tuple[Path, Source],
 
     config.write_text(config.read_text() + 'company = "last_name"\n')
     bad = _cli("--config", str(config), "check")
-    assert bad.exit_code == 1
+    assert bad.exit_code == 2
     assert "company" in bad.output
     assert TOKEN not in bad.output
 

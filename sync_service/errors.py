@@ -89,3 +89,58 @@ class MailtrapValidationError(MailtrapError):
     ) -> None:
         super().__init__(message, status=status, body=body)
         self.contact_errors = contact_errors or {}
+
+
+# --- crm branch: errors of the shared HTTP toolkit (sync_service.httpkit) and the connectors ---
+class RequestCancelled(SyncError):
+    """A wait (pacing permit, retry back-off) given up because the caller asked to stop."""
+
+
+class ApiError(SourceError):
+    """An answer from a source's API that the connector did not expect; fatal for the run.
+
+    ``api`` names the vendor ("HubSpot"), ``status`` and ``body`` are the answer's.
+    """
+
+    def __init__(self, message: str, *, api: str = "", status: int | None = None,
+                 body: object = None) -> None:
+        super().__init__(message)
+        self.api = api
+        self.status = status
+        self.body = body
+
+
+class ApiRetriable(RetriableError):
+    """A passing fault of a source's API (5xx, 408, timeout, dropped connection): retried."""
+
+    def __init__(self, message: str, *, api: str = "", status: int | None = None,
+                 body: object = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.api = api
+        self.status = status
+        self.body = body
+        self.retry_after = retry_after
+
+
+class ApiRateLimited(ApiRetriable):
+    """The API said "slow down" (its own way: 429, Salesforce's 403 REQUEST_LIMIT_EXCEEDED)."""
+
+
+class ApiLimitExhausted(ApiRetriable):
+    """A long limit is used up (HubSpot's DAILY policy): not retried within the run."""
+
+
+class ApiAuthError(ApiError):
+    """The API refused the credentials (wrong token, missing scope)."""
+
+
+class ApiTokenExpired(ApiAuthError):
+    """The access token expired; the client fetches a new one and repeats the request once."""
+
+
+class ApiNotFound(ApiError):
+    """404 for something the connector asked for."""
+
+
+class ApiCancelled(RequestCancelled):
+    """A source API wait given up on a stop request; nothing more was sent."""

@@ -1,0 +1,2 @@
+"""What ships for tests and the demo: test doubles of the APIs the product talks to and the
+connector contract suite (like ``structlog.testing``). Nothing in the product imports it."""

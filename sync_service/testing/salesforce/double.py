@@ -23,7 +23,8 @@ What it serves (shapes from Salesforce's REST API reference; see docs/connector-
 Test controls: ``add`` / ``update`` / ``delete`` / ``purge`` records (each change stamps
 ``SystemModstamp`` from the double's clock, which moves one second per change unless a
 ``modstamp`` is given, so ties are made on purpose), ``expire_tokens()`` and
-``expire_tokens_after(n)`` (tokens die after n more data requests: mid-read),
+``expire_tokens_after(n)`` (the tokens issued so far die after n more data requests:
+mid-read),
 ``limit_exceeded(n)`` (the next n data requests answer 403), ``requests()`` (the log).
 """
 
@@ -100,7 +101,6 @@ class SalesforceDouble:
             o: {f.lower(): f for f in _STANDARD} for o in _PREFIX}
         self._ids = itertools.count(1)
         self._tokens: dict[str, int | None] = {}  # token -> data requests left (None: no end)
-        self._expire_after: int | None = None
         self._limit_exceeded = 0
         self._cursors: dict[str, tuple[str, str, list[dict[str, Any]]]] = {}
         self._log: list[LoggedRequest] = []
@@ -124,7 +124,7 @@ class SalesforceDouble:
         """A new record; returns its 18-character Id."""
         with self.lock:
             number = next(self._ids)
-            record_id = f"{_PREFIX[object_name]}{'0' * 6}{number:06d}AAA"
+            record_id = f"{_PREFIX[object_name]}{number:012d}"
             record_id += _checksum(record_id)
             row: dict[str, Any] = dict.fromkeys(self._fields[object_name].values())
             stamp = self._stamp(modstamp)
@@ -168,9 +168,8 @@ class SalesforceDouble:
             self._tokens.clear()
 
     def expire_tokens_after(self, requests: int) -> None:
-        """Tokens issued so far, and later ones, die after ``requests`` more data requests."""
+        """Tokens issued so far die after ``requests`` more data requests (new ones live on)."""
         with self.lock:
-            self._expire_after = requests
             for token in self._tokens:
                 self._tokens[token] = requests
 
@@ -208,7 +207,7 @@ class SalesforceDouble:
 
     def issue_token(self) -> str:
         token = "00D000000000001!" + secrets.token_urlsafe(24)
-        self._tokens[token] = self._expire_after
+        self._tokens[token] = None
         return token
 
     def admit(self, token: str | None) -> tuple[int, Any] | None:

@@ -50,7 +50,7 @@ __all__ = ["SalesforceConnector", "SalesforceSettings"]
 log = structlog.get_logger(__name__)
 
 _QUERY_ERRORS = frozenset({"INVALID_FIELD", "MALFORMED_QUERY", "INVALID_TYPE"})
-_ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
+_ID = re.compile(r"^[A-Za-z0-9]{1,18}$")  # Ids are 15 or 18; nothing else is ever quoted
 _FETCH_CHUNK = 200  # ids per IN list: keeps the query URL far below Salesforce's limits
 
 

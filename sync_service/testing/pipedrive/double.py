@@ -116,10 +116,16 @@ class PipedriveDouble:
 
     def add(self, *, name: str | None = None, first_name: str | None = None,
             last_name: str | None = None, emails: Iterable[str | Mapping[str, Any]] = (),
-            custom: Mapping[str, Any] | None = None, at: datetime | None = None) -> int:
+            custom: Mapping[str, Any] | None = None, at: datetime | None = None,
+            person_id: int | None = None) -> int:
         """A new person; ``emails`` as addresses (the first is primary) or full entries."""
         with self.lock:
-            person_id = next(self._ids)
+            if person_id is None:
+                person_id = next(self._ids)
+                while person_id in self._persons:
+                    person_id = next(self._ids)
+            if person_id in self._persons:
+                raise KeyError(f"person {person_id} exists")
             stamp = self._stamp(at)
             full = name or " ".join(p for p in (first_name, last_name) if p) or f"P{person_id}"
             self._persons[person_id] = {

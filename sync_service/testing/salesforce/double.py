@@ -11,7 +11,8 @@ What it serves (shapes from Salesforce's REST API reference; see docs/connector-
   ``unsupported_grant_type``).
 - ``GET /services/data/vNN.N/query?q=`` and ``/queryAll?q=``: ``{totalSize, done,
   nextRecordsUrl?, records: [{attributes: {type, url}, ...}]}``, pages of up to 2,000 records
-  (``Sforce-Query-Options: batchSize=N`` asks for fewer, 200 at least), followed with
+  (``Sforce-Query-Options: batchSize=N`` asks for fewer, 200 at least; ``batch_size`` lowers
+  the double's own maximum, for tests that cross pages), followed with
   ``GET nextRecordsUrl``. ``query`` leaves out deleted records; ``queryAll`` returns them with
   ``IsDeleted: true`` until they are purged. A query's result is fixed when it runs.
 - Errors as Salesforce words them: a JSON array ``[{message, errorCode}]`` —
@@ -120,12 +121,14 @@ class SalesforceDouble:
             self._fields[object_name][name.lower()] = name
 
     def add(self, object_name: str = "Contact", *, modstamp: datetime | None = None,
-            **values: Any) -> str:
-        """A new record; returns its 18-character Id."""
+            record_id: str | None = None, **values: Any) -> str:
+        """A new record; returns its Id (18 characters unless ``record_id`` is given)."""
         with self.lock:
-            number = next(self._ids)
-            record_id = f"{_PREFIX[object_name]}{number:012d}"
-            record_id += _checksum(record_id)
+            if record_id is None:
+                record_id = f"{_PREFIX[object_name]}{next(self._ids):012d}"
+                record_id += _checksum(record_id)
+            if any(record_id in rows for rows in self._records.values()):
+                raise KeyError(f"Id {record_id} exists")
             row: dict[str, Any] = dict.fromkeys(self._fields[object_name].values())
             stamp = self._stamp(modstamp)
             row.update(Id=record_id, IsDeleted=False, CreatedDate=stamp, HasOptedOutOfEmail=False)
@@ -294,7 +297,7 @@ def _batch(request: Request, double: SalesforceDouble) -> int:
     for part in options.split(","):
         name, _, value = part.strip().partition("=")
         if name.lower() == "batchsize" and value.isdigit():
-            return max(MIN_BATCH, min(int(value), double.batch_size))
+            return min(max(MIN_BATCH, int(value)), double.batch_size)
     return double.batch_size
 
 

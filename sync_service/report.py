@@ -14,7 +14,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from sync_service.errors import StateError, SyncError
+from sync_service.errors import ConfigError, StateError, SyncError
 from sync_service.job import PlanReport, RunResult, SyncJob
 from sync_service.logging import redact
 from sync_service.models import Position, StoredContact
@@ -148,20 +148,28 @@ def print_rejects(rows: Sequence[RejectionRecord], total: int, *, as_json: bool)
     _console.print(table)
 
 
-def _check(label: str, action: Any) -> bool:
+def _check(label: str, action: Any, refused: list[str] | None = None) -> bool:
+    """Run one check and print its line; a ConfigError's message also goes to ``refused``."""
     try:
         detail = action()
     except SyncError as exc:
         _console.print(f"[red]✗[/red] {label}: {redact(str(exc))}", highlight=False)
+        if refused is not None and isinstance(exc, ConfigError):
+            refused.append(f"{label}: {exc}")
         return False
     _console.print(f"[green]✓[/green] {label}{': ' + detail if detail else ''}", highlight=False)
     return True
 
 
 def run_checks(settings: AppSettings, pipelines: Sequence[PipelineSettings]) -> bool:
-    """Check each moving part; print one line per check; True when all pass."""
+    """Check each moving part; print one line per check; True when all pass.
+
+    A source that refuses its configuration (bad credentials, a field the CRM does not have)
+    raises ConfigError once every check has run, so that the CLI exits 2.
+    """
     _console.print("[green]✓[/green] configuration", highlight=False)
     store = StateStore.from_url(settings.state.url)  # connects lazily: checked just below
+    refused: list[str] = []
     try:
         ok = _check("state store", lambda: _store_reachable(store))
         with build_client(settings) as client:
@@ -169,9 +177,11 @@ def run_checks(settings: AppSettings, pipelines: Sequence[PipelineSettings]) -> 
             for pipeline in pipelines:
                 job = SyncJob(settings=settings, pipeline=pipeline, store=store, client=client)
                 ok &= _check(f"{pipeline.name}: lists and fields", lambda job=job: _mapping(job))
-                ok &= _check(f"{pipeline.name}: source", lambda job=job: _source(job))
+                ok &= _check(f"{pipeline.name}: source", lambda job=job: _source(job), refused)
     finally:
         store.close()
+    if refused:
+        raise ConfigError("; ".join(refused))
     return ok
 
 
@@ -189,5 +199,7 @@ def _mapping(job: SyncJob) -> str:
 
 
 def _source(job: SyncJob) -> str:
-    with job.open_connector():
-        return "reachable"
+    """"reachable", or what the connector says of itself (``describe()``, e.g. API usage)."""
+    with job.open_connector() as connector:
+        describe = getattr(connector, "describe", None)
+        return str(describe()) if callable(describe) else "reachable"

@@ -25,7 +25,7 @@ Test controls: ``add`` / ``update`` / ``delete`` / ``purge`` records (each chang
 ``SystemModstamp`` from the double's clock, which moves one second per change unless a
 ``modstamp`` is given, so ties are made on purpose), ``expire_tokens()`` and
 ``expire_tokens_after(n)`` (the tokens issued so far die after n more data requests:
-mid-read),
+mid-read), ``expire_next_token_after(n)`` (the same for the next token issued),
 ``limit_exceeded(n)`` (the next n data requests answer 403), ``requests()`` (the log).
 """
 
@@ -103,6 +103,8 @@ class SalesforceDouble:
         self._ids = itertools.count(1)
         self._tokens: dict[str, int | None] = {}  # token -> data requests left (None: no end)
         self._limit_exceeded = 0
+        self._limit_after = 0
+        self._next_token_budget: int | None = None
         self._cursors: dict[str, tuple[str, str, list[dict[str, Any]]]] = {}
         self._log: list[LoggedRequest] = []
         self._app: ASGIApp | None = None
@@ -176,9 +178,16 @@ class SalesforceDouble:
             for token in self._tokens:
                 self._tokens[token] = requests
 
-    def limit_exceeded(self, requests: int) -> None:
-        """The next ``requests`` data requests answer 403 REQUEST_LIMIT_EXCEEDED."""
+    def expire_next_token_after(self, requests: int) -> None:
+        """The next token issued dies after ``requests`` data requests (later ones live on)."""
         with self.lock:
+            self._next_token_budget = requests
+
+    def limit_exceeded(self, requests: int, *, after: int = 0) -> None:
+        """After ``after`` more data requests, the next ``requests`` answer 403
+        REQUEST_LIMIT_EXCEEDED."""
+        with self.lock:
+            self._limit_after = after
             self._limit_exceeded += requests
 
     def requests(self) -> list[LoggedRequest]:
@@ -210,7 +219,7 @@ class SalesforceDouble:
 
     def issue_token(self) -> str:
         token = "00D000000000001!" + secrets.token_urlsafe(24)
-        self._tokens[token] = None
+        self._tokens[token], self._next_token_budget = self._next_token_budget, None
         return token
 
     def admit(self, token: str | None) -> tuple[int, Any] | None:
@@ -225,7 +234,9 @@ class SalesforceDouble:
                 return 401, [{"message": "Session expired or invalid",
                               "errorCode": "INVALID_SESSION_ID"}]
             self._tokens[token] = left - 1
-        if self._limit_exceeded > 0 or self.api_used >= self.api_limit:
+        if self._limit_exceeded > 0 and self._limit_after > 0:
+            self._limit_after -= 1
+        elif self._limit_exceeded > 0 or self.api_used >= self.api_limit:
             self._limit_exceeded = max(0, self._limit_exceeded - 1)
             return 403, [{"message": "TotalRequests Limit exceeded.",
                           "errorCode": "REQUEST_LIMIT_EXCEEDED"}]

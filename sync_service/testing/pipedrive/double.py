@@ -88,6 +88,7 @@ class PipedriveDouble:
              "is_custom_field": False, "is_optional_response_field": False}
             for code, name, kind in _STANDARD_FIELDS]
         self._rate_limited = 0
+        self._rate_after = 0
         self._log: list[LoggedRequest] = []
         self._app: ASGIApp | None = None
 
@@ -165,10 +166,17 @@ class PipedriveDouble:
             return [dict(p) for p in self._persons.values() if p["active"]]
 
     # faults and inspection -------------------------------------------------------------------
-    def rate_limit(self, requests: int) -> None:
-        """The next ``requests`` requests answer 429."""
+    def rate_limit(self, requests: int, *, after: int = 0) -> None:
+        """After ``after`` more requests, the next ``requests`` answer 429."""
         with self.lock:
+            self._rate_after = after
             self._rate_limited += requests
+
+    def custom_field_code(self, name: str) -> str:
+        """The 40-character key of the custom field called ``name``."""
+        with self.lock:
+            return next(str(f["field_code"]) for f in self._fields
+                        if f["is_custom_field"] and f["field_name"] == name)
 
     def requests(self) -> list[LoggedRequest]:
         with self.lock:
@@ -201,7 +209,9 @@ class PipedriveDouble:
         token = request.headers.get("x-api-token") or params.pop("api_token", None)
         if token != self.token:
             return 401, _failure("unauthorized access", 401), headers
-        if self._rate_limited > 0:
+        if self._rate_limited > 0 and self._rate_after > 0:
+            self._rate_after -= 1
+        elif self._rate_limited > 0:
             self._rate_limited -= 1
             headers.update({"x-ratelimit-remaining": "0", "Retry-After": "1"})
             return 429, _failure("Request over limit", 429), headers

@@ -89,6 +89,7 @@ class PipedriveDouble:
             for code, name, kind in _STANDARD_FIELDS]
         self._rate_limited = 0
         self._rate_after = 0
+        self.ties_descending = False  # list persons sharing a sort value by descending id
         self._log: list[LoggedRequest] = []
         self._app: ASGIApp | None = None
 
@@ -242,8 +243,10 @@ class PipedriveDouble:
         rows = [p for p in rows if (since is None or p["update_time"] >= since)
                 and (until is None or p["update_time"] < until)]
 
+        tie = -1 if self.ties_descending and sort_by != "id" else 1
+
         def key(p: Mapping[str, Any]) -> tuple[Any, int]:
-            return (p[sort_by] if sort_by != "id" else 0, p["id"])
+            return (p[sort_by] if sort_by != "id" else 0, tie * p["id"])
 
         rows.sort(key=key, reverse=descending)
         after = _decode_cursor(params.get("cursor"))

@@ -119,15 +119,18 @@ class PipedriveConnector:
         after = self._typed(since)
         fields = self._resolved()
         params: dict[str, Any] = {"sort_by": "update_time", "sort_direction": "asc"}
-        if after is not None:
-            params["updated_since"] = _rfc3339(after.cursor)
-        persons = self._by_time(self._pages(params, fields), fields)
         deleted: Iterable[SourceRecord] = ()
-        if after is not None and self.settings.deletions:
-            deleted = self._deletions(after.cursor - timedelta(seconds=1), fields)
+        if after is not None:
+            start = after.cursor - self.settings.lookback
+            params["updated_since"] = _rfc3339(start)
+            if self.settings.deletions:
+                deleted = self._deletions(start - timedelta(seconds=1), fields)
+            if self.settings.lookback:
+                after = None  # re-read the whole window; the diff skips what is unchanged
+        persons = self._by_time(self._pages(params, fields), fields)
         count = 0
         log.info("pipedrive.read_started",
-                 since_cursor=None if after is None else after.cursor.isoformat())
+                 since_cursor=None if since is None else str(since.cursor))
         for record in heapq.merge(persons, deleted, key=lambda r: (r.cursor, r.key)):
             if after is not None and (record.cursor, record.key) <= (after.cursor, after.key):
                 continue

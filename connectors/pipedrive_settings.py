@@ -10,10 +10,12 @@ so renaming a field in Pipedrive is a configuration change, and a name that matc
 
 from __future__ import annotations
 
-from typing import Literal
+from datetime import timedelta
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from connectors.sql_settings import parse_lookback
 from sync_service.connector import ConnectorSettings
 
 DEFAULT_API_URL = "https://api.pipedrive.com"
@@ -35,10 +37,22 @@ class PipedriveSettings(ConnectorSettings):
     deletions: bool = Field(
         True, description="find persons deleted since the watermark through the recents "
         "endpoint and take them out of the lists")
+    lookback: timedelta = Field(
+        timedelta(0), description="how far behind the watermark each incremental read starts, "
+        "to catch changes whose timestamp was set before they committed: '30s', '2m', or seconds"
+    )
     page_size: int = Field(500, ge=1, le=500, description="persons per page (1..500)")
     timeout: float = Field(30.0, gt=0, description="seconds per HTTP request")
     max_retries: int = Field(8, ge=0, description="retries of one request on 429, 5xx, "
                              "timeouts and dropped connections")
+
+    @field_validator("lookback", mode="before")
+    @classmethod
+    def _lookback(cls, value: Any) -> timedelta:
+        parsed = parse_lookback(value)
+        if parsed is None:
+            return timedelta(0)
+        return parsed if isinstance(parsed, timedelta) else timedelta(seconds=float(parsed))
 
     @field_validator("api_url")
     @classmethod

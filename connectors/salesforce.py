@@ -124,16 +124,19 @@ class SalesforceConnector:
     def read(self, since: Position | None) -> Iterator[SourceRecord]:
         """Records after ``since`` (all when None) in (SystemModstamp, Id) order, deletions too."""
         after = self._typed(since)
+        start = None  # with a lookback, the first query starts that far before the watermark
+        if after is not None and self.settings.lookback:
+            start, after = after.cursor - self.settings.lookback, None
         count = 0
         log.info("salesforce.read_started", object=self.settings.object,
-                 since_cursor=None if after is None else after.cursor.isoformat())
+                 since_cursor=None if since is None else str(since.cursor))
         while True:
             self._restart = False
-            for record in self._records(self._soql(after)):
+            for record in self._records(self._soql(after, start=start)):
                 if after is not None and (record.cursor, record.key) <= (after.cursor,
                                                                         after.key):
                     continue
-                after = record.position
+                after, start = record.position, None
                 count += 1
                 yield record
             if not self._restart:
@@ -189,10 +192,13 @@ class SalesforceConnector:
         return SourceRecord(key=str(raw["Id"]), cursor=stamp, values=values,
                             deleted=bool(raw.get("IsDeleted")))
 
-    def _soql(self, after: Position | None, *, limit: int | None = None) -> str:
+    def _soql(self, after: Position | None, *, start: datetime | None = None,
+              limit: int | None = None) -> str:
         settings = self.settings
         conditions = [f"({settings.where})"] if settings.where else []
-        if after is not None:
+        if start is not None:
+            conditions.append(f"SystemModstamp >= {soql_datetime(start)}")
+        elif after is not None:
             stamp = soql_datetime(after.cursor)
             conditions.append(f"(SystemModstamp > {stamp} OR (SystemModstamp = {stamp} AND "
                               f"Id > {soql_string(str(after.key))}))")

@@ -10,10 +10,12 @@ Salesforce accepts (200..2000). Whether the fields exist is only known by asking
 from __future__ import annotations
 
 import re
-from typing import Literal
+from datetime import timedelta
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from connectors.sql_settings import parse_lookback
 from sync_service.connector import ConnectorSettings
 
 _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$")
@@ -52,10 +54,22 @@ class SalesforceSettings(ConnectorSettings):
     where: str | None = Field(
         None, description="an extra SOQL condition ANDed into every query (e.g. "
         "\"LeadSource = 'Web'\")")
+    lookback: timedelta = Field(
+        timedelta(0), description="how far behind the watermark each incremental read starts, "
+        "to catch changes whose timestamp was set before they committed: '30s', '2m', or seconds"
+    )
     api_version: str = Field("62.0", description="REST API version, e.g. 62.0")
     page_size: int = Field(2000, ge=200, le=2000, description="records per page (200..2000)")
     timeout: float = Field(30.0, gt=0, description="seconds per HTTP request")
     max_retries: int = Field(8, ge=0, description="retries of one request on passing faults")
+
+    @field_validator("lookback", mode="before")
+    @classmethod
+    def _lookback(cls, value: Any) -> timedelta:
+        parsed = parse_lookback(value)
+        if parsed is None:
+            return timedelta(0)
+        return parsed if isinstance(parsed, timedelta) else timedelta(seconds=float(parsed))
 
     @field_validator("fields")
     @classmethod

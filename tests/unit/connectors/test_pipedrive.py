@@ -121,3 +121,13 @@ def test_a_list_out_of_update_time_order_fails_the_read(pd: PipedriveDouble,
     pd._list = unsorted  # type: ignore[method-assign]
     with pytest.raises(SourceError, match="not in update_time order"):
         list(connect(page_size=5).read(None))
+
+
+def test_lookback_rereads_the_window_to_catch_late_commits(pd: PipedriveDouble,
+                                                          connect: Any) -> None:
+    """A person stamped before the watermark but seen after it is read with a lookback."""
+    seen = pd.add(first_name="S", emails=["s@example.com"], at=T0 + timedelta(seconds=5))
+    watermark = Position(T0 + timedelta(seconds=5), seen)
+    late = pd.add(first_name="L", emails=["l@example.com"], at=T0 + timedelta(seconds=3))
+    assert list(connect().read(watermark)) == []
+    assert [r.key for r in connect(lookback=5).read(watermark)] == [late, seen]

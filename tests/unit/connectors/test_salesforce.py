@@ -161,3 +161,14 @@ def test_parse_stamp_reads_salesforce_datetimes() -> None:
     """``+0000`` offsets and milliseconds parse to aware UTC datetimes."""
     assert parse_stamp("2026-05-01T02:03:04.500+0200") == datetime(
         2026, 5, 1, 0, 3, 4, 500000, tzinfo=UTC)
+
+
+def test_lookback_rereads_the_window_to_catch_late_commits(sf: SalesforceDouble,
+                                                          connect: Any) -> None:
+    """A record stamped before the watermark but committed after it is read with a lookback."""
+    seen = sf.add(Email="seen@example.com", modstamp=T0 + timedelta(seconds=5))
+    watermark = Position(T0 + timedelta(seconds=5), seen)
+    late = sf.add(Email="late@example.com", modstamp=T0 + timedelta(seconds=3))
+    assert list(connect().read(watermark)) == []
+    again = [r.key for r in connect(lookback="5s").read(watermark)]
+    assert again == [late, seen]

@@ -8,9 +8,11 @@ Contract (see ``HubSpotSettings`` for the keys, docs/connectors.md for the API f
 - **Cursor** ``(moment, phase)``: a UTC datetime and 0 for the full-read phase, 1 for changes.
 - **Full read** (``read(None)``, first run, backfill) through the list endpoint (no result cap,
   the higher rate limit), active and archived contacts merged in id order, each with cursor
-  ``(L, 0)`` where ``L`` is the moment the read started minus ``lookback``; then the changes
-  after ``L`` (below), so that edits made while listing are read again in order. A watermark
-  inside the list phase resumes the listing after its id.
+  ``(L, 0)`` where ``L`` is the moment the read started; then the changes after ``L`` (below),
+  so that edits made while listing are read there, once and in order (the listing leaves out
+  contacts stamped after ``L``). A watermark inside the list phase resumes the listing after
+  its id, unless search says that no contact past that id is left to list (asked once ``L``
+  is older than ``lookback``; a listing that ended is not repeated).
 - **Changes** after a position, through the search API filtered and sorted (one rule) on
   ``lastmodifieddate``. Each query asks for the first page only, from the last value read, so
   the 10,000-results cap is never reached and an edit during the read cannot shift a page.
@@ -178,10 +180,11 @@ class HubSpotConnector:
     def read(self, since: Position | None) -> Iterator[SourceRecord]:
         """Records after ``since`` in (cursor, key) order; see the module docstring."""
         if since is None or _phase(since) == LIST:
-            start = _moment(since) if since is not None else self._now() - self._lookback
+            start = _moment(since) if since is not None else self._now()
             after = int(since.key) if since is not None else None
-            log.info("hubspot.full_read_started", start=start.isoformat(), after_id=after)
-            yield from self._listing(start, after)
+            if after is None or not self._listing_done(start, after):
+                log.info("hubspot.full_read_started", start=start.isoformat(), after_id=after)
+                yield from self._listing(start, after)
             yield from self._changes(start, None, inclusive=False)
             return
         moment = _moment(since)
@@ -205,16 +208,34 @@ class HubSpotConnector:
 
     # the full read ----------------------------------------------------------------------------
     def _listing(self, start: datetime, after: int | None) -> Iterator[SourceRecord]:
-        """Active and archived contacts merged in id order, all at cursor (start, LIST)."""
+        """Active and archived contacts merged in id order, all at cursor (start, LIST).
+
+        A contact changed (or archived) after ``start`` is left to the changes that follow, so
+        that it is read once, in order.
+        """
         streams = [self._list(archived=flag, after=after) for flag in (False, True)]
         previous: int | None = None
+        limit = _ms(start)
         for item in heapq.merge(*streams, key=lambda i: int(i["id"])):
             ident = int(item["id"])
-            if ident == previous:  # archived while listing: seen in both lists once
+            stamp = _parse_ms(item.get("archivedAt")) or _item_ms(item)
+            if ident == previous or stamp > limit:
                 continue
             previous = ident
             record = self._record(item, phase=LIST)
             yield SourceRecord(record.key, (start, LIST), record.values, record.deleted)
+
+    def _listing_done(self, start: datetime, after: int) -> bool:
+        """Whether a listing that reached id ``after`` has nothing left: no active contact past
+        it changed before ``start``. Search indexes with a delay, so it is asked only once
+        ``start`` is older than ``lookback``; before that the listing resumes."""
+        if self._now() - start < self._lookback:
+            return False
+        rest = self._search([
+            {"propertyName": "hs_object_id", "operator": "GT", "value": str(after)},
+            {"propertyName": CURSOR_PROPERTY, "operator": "LTE", "value": str(_ms(start))},
+        ], "hs_object_id", limit=1)
+        return not rest
 
     def _list(self, *, archived: bool, after: int | None) -> Iterator[dict[str, Any]]:
         params: dict[str, Any] = {"limit": min(self.settings.page_size, LIST_PAGE_MAX),

@@ -1,0 +1,128 @@
+"""HubSpot end to end: the real job reads the HubSpot double over HTTP into the Mailtrap double."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sync_service.mailtrap.double import MailtrapDouble
+from sync_service.models import RunOutcome
+from sync_service.testing.hubspot.double import DEFAULT_TOKEN, SEARCH_CAP, HubSpotDouble, millis
+from sync_service.testing.server import serve_app
+from tests.support.source_pipeline import SourcePipeline
+
+
+@pytest.fixture
+def hubspot() -> HubSpotDouble:
+    """A HubSpot double with no contacts."""
+    return HubSpotDouble()
+
+
+@pytest.fixture
+def hubspot_url(hubspot: HubSpotDouble, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The HubSpot double served over HTTP, its token in HUBSPOT_TOKEN."""
+    monkeypatch.setenv("HUBSPOT_TOKEN", DEFAULT_TOKEN)
+    with serve_app(hubspot.app, "hubspot") as url:
+        yield url
+
+
+def _pipeline(tmp_path: Path, double: MailtrapDouble, url: str, **source: Any) -> SourcePipeline:
+    raw = {"connector": "hubspot", "token": "${HUBSPOT_TOKEN}", "api_url": url,
+           "properties": ["email", "firstname", "lastname"], "search_rate": "200/1s",
+           "rate": "500/1s", "retry_initial": 0.05, **source}
+    return SourcePipeline(double, raw, f"sqlite:///{tmp_path}/state.db",
+                          fields={"first_name": "firstname", "last_name": "lastname"})
+
+
+def _crm_view(hubspot: HubSpotDouble) -> dict[str, dict[str, Any]]:
+    """email → fields, as Mailtrap should hold the active HubSpot contacts."""
+    return {str(p["email"]).lower(): {"first_name": p.get("firstname") or "",
+                                      "last_name": p.get("lastname") or ""}
+            for p in hubspot.contacts().values() if p.get("email")}
+
+
+def test_sync_twice_then_change_delete_and_email_change(
+        tmp_path: Path, double: MailtrapDouble, hubspot: HubSpotDouble, hubspot_url: str) -> None:
+    """Second run sends nothing; a change, an archive and an email change leave both equal."""
+    ids = [hubspot.add(email=f"p{n}@example.com",
+                       properties={"firstname": f"F{n}", "lastname": f"L{n}"})
+           for n in range(40)]
+    pipeline = _pipeline(tmp_path, double, hubspot_url)
+    try:
+        first = pipeline.run()
+        assert first.outcome is RunOutcome.SUCCEEDED, first.error
+        assert pipeline.mailtrap_view() == _crm_view(hubspot)
+        sent = pipeline.sent()
+        second = pipeline.run()
+        assert second.outcome is RunOutcome.SUCCEEDED, second.error
+        assert pipeline.sent() == sent
+        hubspot.update(ids[3], firstname="Changed")
+        hubspot.archive(ids[5])
+        hubspot.update(ids[7], email="moved@example.com")
+        third = pipeline.run()
+        assert third.outcome is RunOutcome.SUCCEEDED, third.error
+        assert pipeline.mailtrap_view() == _crm_view(hubspot)
+        assert "p5@example.com" not in pipeline.mailtrap_view()
+        assert pipeline.mailtrap_view()["moved@example.com"]["first_name"] == "F7"
+    finally:
+        pipeline.close()
+
+
+def test_many_contacts_sharing_one_timestamp_are_read_once_within_the_cap(
+        tmp_path: Path, double: MailtrapDouble, hubspot: HubSpotDouble, hubspot_url: str) -> None:
+    """25,000 new contacts, 12,000 on one lastmodifieddate: each read once, no 400 from the cap."""
+    hubspot.add(email="seed@example.com")
+    pipeline = _pipeline(tmp_path, double, hubspot_url, lookback="0", page_size=200)
+    try:
+        assert pipeline.run().outcome is RunOutcome.SUCCEEDED
+        base = millis(datetime.now(UTC) + timedelta(seconds=5))
+        for n in range(6_500):
+            hubspot.add_many(1, at=base + n)
+        hubspot.add_many(12_000, at=base + 3_000)  # ties in the middle of the others
+        for n in range(6_500):
+            hubspot.add_many(1, at=base + 7_000 + n)
+        result = pipeline.run()
+        assert result.outcome is RunOutcome.SUCCEEDED, result.error
+        assert result.counts["read"] == 25_000
+        assert len(pipeline.mailtrap_view()) == 25_001
+        searches = [r for r in hubspot.requests() if r.path.endswith("/search")]
+        assert all(r.status == 200 for r in searches)
+        assert all(int(r.body.get("after") or 0) + r.body["limit"] <= SEARCH_CAP
+                   for r in searches)
+    finally:
+        pipeline.close()
+
+
+def test_rate_limit_with_policy_name_backs_off_and_resumes(
+        tmp_path: Path, double: MailtrapDouble, hubspot: HubSpotDouble, hubspot_url: str) -> None:
+    """429s with policyName TEN_SECONDLY_ROLLING mid-read are waited out; the read completes."""
+    for n in range(30):
+        hubspot.add(email=f"r{n}@example.com")
+    pipeline = _pipeline(tmp_path, double, hubspot_url, page_size=10)
+    try:
+        hubspot.rate_limit(3, "TEN_SECONDLY_ROLLING")
+        result = pipeline.run()
+        assert result.outcome is RunOutcome.SUCCEEDED, result.error
+        assert [r.status for r in hubspot.requests()].count(429) == 3
+        assert len(pipeline.mailtrap_view()) == 30
+    finally:
+        pipeline.close()
+
+
+def test_daily_limit_fails_the_run_with_hubspots_words(
+        tmp_path: Path, double: MailtrapDouble, hubspot: HubSpotDouble, hubspot_url: str) -> None:
+    """A 429 with policyName DAILY is not waited out: the run fails naming the daily limit."""
+    hubspot.add(email="d@example.com")
+    pipeline = _pipeline(tmp_path, double, hubspot_url)
+    try:
+        hubspot.rate_limit(1, "DAILY")
+        result = pipeline.run()
+        assert result.outcome is RunOutcome.FAILED
+        assert "daily limit" in (result.error or "")
+        assert [r.status for r in hubspot.requests()].count(429) == 1
+    finally:
+        pipeline.close()

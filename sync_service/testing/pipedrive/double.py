@@ -29,6 +29,7 @@ after a change neither repeats nor skips an unchanged person.
 from __future__ import annotations
 
 import base64
+import bisect
 import hashlib
 import itertools
 import json
@@ -90,6 +91,8 @@ class PipedriveDouble:
         self._rate_limited = 0
         self._rate_after = 0
         self.ties_descending = False  # list persons sharing a sort value by descending id
+        self._version = 0  # bumped by every change; keys the cached sort order
+        self._order_cache: tuple[Any, list[tuple[Any, int]], list[dict[str, Any]]] | None = None
         self._log: list[LoggedRequest] = []
         self._app: ASGIApp | None = None
 
@@ -185,6 +188,7 @@ class PipedriveDouble:
 
     # internals -------------------------------------------------------------------------------
     def _stamp(self, at: datetime | None) -> datetime:
+        self._version += 1
         if at is not None:
             stamp = at.astimezone(UTC).replace(microsecond=0)  # Pipedrive keeps seconds
             self.now = max(self.now, stamp)
@@ -235,34 +239,46 @@ class PipedriveDouble:
             raise _Invalid(f"Validation failed: sort_by: must be one of id, update_time, "
                            f"add_time; got {sort_by!r}")
         descending = params.get("sort_direction", "asc") == "desc"
-        rows = [p for p in self._persons.values() if p["active"]]
-        if "ids" in params:
-            wanted = _int_list(params["ids"], "ids", 100)
-            rows = [p for p in rows if p["id"] in wanted]
+        wanted = _int_list(params["ids"], "ids", 100) if "ids" in params else None
         since, until = _time(params, "updated_since"), _time(params, "updated_until")
-        rows = [p for p in rows if (since is None or p["update_time"] >= since)
-                and (until is None or p["update_time"] < until)]
-
-        tie = -1 if self.ties_descending and sort_by != "id" else 1
-
-        def key(p: Mapping[str, Any]) -> tuple[Any, int]:
-            return (p[sort_by] if sort_by != "id" else 0, tie * p["id"])
-
-        rows.sort(key=key, reverse=descending)
-        after = _decode_cursor(params.get("cursor"))
-        if after is not None:
-            rows = [p for p in rows if (_cursor_key(key(p)) < after) == descending
-                    and _cursor_key(key(p)) != after]
         keys = None
         if params.get("custom_fields"):
             keys = set(params["custom_fields"].split(","))
             if len(keys) > 15:
                 raise _Invalid("Validation failed: custom_fields: at most 15 keys")
-        page = rows[:limit]
-        more = len(rows) > limit
-        return {"success": True, "data": [self.render(p, keys) for p in page],
-                "additional_data": {"next_cursor": _encode_cursor(key(page[-1]))
+        order, rows = self._sorted(sort_by)
+        after = _decode_cursor(params.get("cursor"), sort_by)
+        if descending:
+            index = len(order) - 1 if after is None else bisect.bisect_left(order, after) - 1
+            step = -1
+        else:
+            index = 0 if after is None else bisect.bisect_right(order, after)
+            step = 1
+        page: list[tuple[tuple[Any, int], dict[str, Any]]] = []
+        more = False
+        while 0 <= index < len(rows):
+            person = rows[index]
+            if ((wanted is None or person["id"] in wanted)
+                    and (since is None or person["update_time"] >= since)
+                    and (until is None or person["update_time"] < until)):
+                if len(page) == limit:
+                    more = True
+                    break
+                page.append((order[index], person))
+            index += step
+        return {"success": True, "data": [self.render(p, keys) for _, p in page],
+                "additional_data": {"next_cursor": _encode_cursor(page[-1][0])
                                     if more else None}}
+
+    def _sorted(self, sort_by: str) -> tuple[list[tuple[Any, int]], list[dict[str, Any]]]:
+        """Active persons in ascending (sort value, id) order, kept until the next change."""
+        tie = -1 if self.ties_descending and sort_by != "id" else 1
+        cache_key = (sort_by, tie, self._version)
+        if self._order_cache is None or self._order_cache[0] != cache_key:
+            keyed = sorted(((p[sort_by] if sort_by != "id" else 0, tie * p["id"]), p)
+                           for p in self._persons.values() if p["active"])
+            self._order_cache = (cache_key, [k for k, _ in keyed], [p for _, p in keyed])
+        return self._order_cache[1], self._order_cache[2]
 
     def _field_list(self, params: Mapping[str, str]) -> dict[str, Any]:
         limit = _limit(params)
@@ -353,23 +369,21 @@ def _time(params: Mapping[str, str], name: str) -> datetime | None:
     return value.astimezone(UTC)
 
 
-def _cursor_key(key: tuple[Any, int]) -> tuple[str, int]:
-    value = key[0]
-    return (rfc3339(value) if isinstance(value, datetime) else str(value), key[1])
-
-
 def _encode_cursor(key: tuple[Any, int]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(_cursor_key(key)).encode()).decode()
+    value = rfc3339(key[0]) if isinstance(key[0], datetime) else key[0]
+    return base64.urlsafe_b64encode(json.dumps([value, key[1]]).encode()).decode()
 
 
-def _decode_cursor(raw: str | None) -> tuple[str, int] | None:
+def _decode_cursor(raw: str | None, sort_by: str) -> tuple[Any, int] | None:
     if not raw:
         return None
     try:
         value, person_id = json.loads(base64.urlsafe_b64decode(raw.encode()))
+        if sort_by != "id":
+            value = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        return value, int(person_id)
     except (ValueError, TypeError) as exc:
         raise _Invalid("Validation failed: cursor: invalid cursor") from exc
-    return str(value), int(person_id)
 
 
 def _build_app(double: PipedriveDouble) -> ASGIApp:

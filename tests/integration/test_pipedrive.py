@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from sync_service.__main__ import cli
-from sync_service.mailtrap.double import DEFAULT_TOKEN, MailtrapDouble, serve
+from sync_service.mailtrap.double import DEFAULT_TOKEN, MailtrapDouble
 from sync_service.testing.pipedrive import PipedriveDouble
+from sync_service.testing.server import serve_app
 
 T0 = datetime(2026, 4, 1, 8, 0, 0, tzinfo=UTC)
 CONFIG = """
@@ -66,7 +67,7 @@ def config(tmp_path: Path, pd: PipedriveDouble, double: MailtrapDouble, mailtrap
     monkeypatch.setenv("PIPEDRIVE_TOKEN", pd.token)
     for name in ("MAILTRAP_ACCOUNT_ID", "MAILTRAP_SYNC_STATE_URL", "MAILTRAP_SYNC_CONFIG"):
         monkeypatch.delenv(name, raising=False)
-    with serve(pd) as api_url:  # type: ignore[arg-type]  # serve needs only `.app`
+    with serve_app(pd.app, "pipedrive") as api_url:
         path = tmp_path / "mailtrap-sync.toml"
         path.write_text(CONFIG.format(state=tmp_path / "state.db", api_url=api_url,
                                       fields=FIELDS))

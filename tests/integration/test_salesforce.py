@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from sync_service.__main__ import cli
-from sync_service.mailtrap.double import DEFAULT_TOKEN, MailtrapDouble, serve
+from sync_service.mailtrap.double import DEFAULT_TOKEN, MailtrapDouble
 from sync_service.testing.salesforce import SalesforceDouble
+from sync_service.testing.server import serve_app
 
 T0 = datetime(2026, 4, 1, 8, 0, 0, tzinfo=UTC)
 CONFIG = """
@@ -64,7 +65,7 @@ def config(tmp_path: Path, sf: SalesforceDouble, double: MailtrapDouble, mailtra
     monkeypatch.setenv("SF_CLIENT_SECRET", sf.client_secret)
     for name in ("MAILTRAP_ACCOUNT_ID", "MAILTRAP_SYNC_STATE_URL", "MAILTRAP_SYNC_CONFIG"):
         monkeypatch.delenv(name, raising=False)
-    with serve(sf) as sf_url:  # type: ignore[arg-type]  # serve needs only `.app`
+    with serve_app(sf.app, "salesforce") as sf_url:
         path = tmp_path / "mailtrap-sync.toml"
         path.write_text(CONFIG.format(state=tmp_path / "state.db", login_url=sf_url,
                                       fields=FIELDS))

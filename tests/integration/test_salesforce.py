@@ -192,3 +192,24 @@ def test_wrong_client_secret_fails_check_and_sync(config: Path, sf: SalesforceDo
     for result in (checked, synced):
         assert "invalid_client" in result.output
         assert "wrong-secret-4b1c" not in result.output
+
+
+def test_plan_and_retry_of_a_rejected_contact(config: Path, sf: SalesforceDouble,
+                                              double: MailtrapDouble) -> None:
+    """`plan` counts without sending; a contact with a bad Email is rejected, and once fixed
+    in Salesforce `retry` re-reads it by Id (fetch) and sends it."""
+    ids = _seed(sf, 4)
+    sf.update(ids[2], Email="not-an-address")
+    planned = _cli(config, "plan", "contacts")
+    assert planned.exit_code == 0, planned.output
+    assert double.imports() == []
+    assert _cli(config, "sync").exit_code == 0
+    assert "person2@example.com" not in double.contacts()
+    rejects = _cli(config, "rejects", "contacts", "--json")
+    assert ids[2] in rejects.output
+    sf.update(ids[2], Email="person2@example.com")
+    retried = _cli(config, "retry", "contacts")
+    assert retried.exit_code == 0, retried.output
+    assert _listed(double) == _crm_view(sf)
+    fetched = [r.query for r in sf.requests() if "Id+IN" in r.query or "Id%20IN" in r.query]
+    assert fetched, "retry re-reads the rejected contact by Id"

@@ -153,7 +153,11 @@ class SalesforceConnector:
             chunk = ", ".join(soql_string(i) for i in ids[start:start + _FETCH_CHUNK])
             soql = (f"SELECT {', '.join(self.settings.select_fields())} FROM "
                     f"{self.settings.object} WHERE Id IN ({chunk}) ORDER BY Id")
+            self._restart = False
             yield from self._records(soql)
+            if self._restart:
+                raise SourceError("Salesforce forgot the query locator while re-reading records "
+                                  "by Id (INVALID_QUERY_LOCATOR); run it again")
 
     def close(self) -> None:
         if self._client is not None:

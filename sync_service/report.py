@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any
 
 import click
@@ -14,7 +15,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from sync_service.errors import ConfigError, StateError, SyncError
+from sync_service.errors import ConfigError, RecordError, StateError, SyncError
 from sync_service.job import PlanReport, RunResult, SyncJob
 from sync_service.logging import redact
 from sync_service.models import Position, StoredContact
@@ -198,8 +199,26 @@ def _mapping(job: SyncJob) -> str:
     return f"list ids {list(mapper.list_ids)}{missing}"
 
 
-def _source(job: SyncJob) -> str:
-    """"reachable", or what the connector says of itself (``describe()``, e.g. API usage)."""
+def _source(job: SyncJob, sample: int = 3) -> str:
+    """"reachable", or what the connector says of itself (``describe()``, e.g. API usage), and
+    the first ``sample`` records as the contacts they would become."""
     with job.open_connector() as connector:
         describe = getattr(connector, "describe", None)
-        return str(describe()) if callable(describe) else "reachable"
+        said = str(describe()) if callable(describe) else "reachable"
+        records = list(islice(connector.read(None), sample))
+    if not records:
+        return f"{said}; the source holds no record"
+    try:
+        mapper = job.build_mapper(create_lists=False)
+    except ConfigError:  # already reported by the "lists and fields" check
+        return f"{said}; sample keys: " + ", ".join(r.key_str for r in records)
+    shown = []
+    for record in records:
+        try:
+            contact = mapper.contact(record.values)
+        except RecordError as exc:
+            shown.append(f"key {record.key_str}: not sendable ({exc.reason})")
+            continue
+        fields = ", ".join(f"{k}={v}" for k, v in sorted(contact.fields.items()))
+        shown.append(f"{contact.email}" + (f" ({fields})" if fields else ""))
+    return f"{said}; sample: " + "; ".join(shown)

@@ -64,7 +64,7 @@ class ContractSource(ABC):
     several_emails: ClassVar[bool] = True  # can a record hold several addresses?
     snapshot: ClassVar[bool] = False  # a full snapshot: deletions are keys no longer yielded
     unknown_key: ClassVar[str] = "999999"  # a key no record has
-    bad_credentials_hint: ClassVar[str] = "credential|token|password|auth"  # regex, any case
+    bad_credentials_hint: ClassVar[str] = "credential|token|password|auth|key"  # regex
 
     @abstractmethod
     def put(self, rows: Sequence[Row]) -> None:

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from sync_service.__main__ import cli
 from sync_service.mailtrap.double import MailtrapDouble
 from sync_service.models import RunOutcome
 from sync_service.testing.hubspot.double import DEFAULT_TOKEN, SEARCH_CAP, HubSpotDouble, millis
@@ -126,3 +128,62 @@ def test_daily_limit_fails_the_run_with_hubspots_words(
         assert [r.status for r in hubspot.requests()].count(429) == 1
     finally:
         pipeline.close()
+
+
+CLI_TOKEN = "tok-hubspot-cli-41"
+
+
+@pytest.fixture
+def cli_config(tmp_path: Path, double: MailtrapDouble, mailtrap_server: str, hubspot_url: str,
+               monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A config file reading the HubSpot double, the Mailtrap double served for the CLI."""
+    double.grant(CLI_TOKEN, 1001)
+    double.add_field("first_name", "text")
+    monkeypatch.setenv("MAILTRAP_API_URL", mailtrap_server)
+    monkeypatch.setenv("MAILTRAP_API_TOKEN", CLI_TOKEN)
+    for name in ("MAILTRAP_ACCOUNT_ID", "MAILTRAP_SYNC_STATE_URL", "MAILTRAP_SYNC_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    config = tmp_path / "mailtrap-sync.toml"
+    config.write_text(f"""
+[state]
+url = "sqlite:///{tmp_path}/state.db"
+
+[[pipelines]]
+name = "hubspot"
+lists = ["CRM"]
+
+[pipelines.source]
+connector = "hubspot"
+token = "${{HUBSPOT_TOKEN}}"
+api_url = "{hubspot_url}"
+properties = ["email", "firstname"]
+
+[pipelines.mapping]
+email = "email"
+fields = {{ first_name = "firstname" }}
+""")
+    return config
+
+
+def test_check_shows_a_sample_of_mapped_contacts(cli_config: Path,
+                                                 hubspot: HubSpotDouble) -> None:
+    """`check` reads the token's contacts and prints the first ones as the contacts they become."""
+    hubspot.add(email="Ada@Example.com", properties={"firstname": "Ada"})
+    hubspot.add(email="not an address", properties={"firstname": "Bad"})
+    result = CliRunner().invoke(cli, ["--config", str(cli_config), "check"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "hubspot: source" in result.output
+    assert "ada@example.com (first_name=Ada)" in result.output
+    assert "not sendable" in result.output
+
+
+def test_check_with_a_refused_token_exits_2_naming_it(cli_config: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token HubSpot refuses fails `check` with exit code 2 and a line naming source.token."""
+    monkeypatch.setenv("HUBSPOT_TOKEN", "pat-na1-revoked")
+    result = CliRunner().invoke(cli, ["--config", str(cli_config), "check"],
+                                catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    assert "source.token: HubSpot refused the token" in result.output
+    assert "pat-na1-revoked" not in result.output

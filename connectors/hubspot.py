@@ -162,12 +162,16 @@ class HubSpotConnector:
         try:
             self._api.request("GET", "/crm/v3/objects/contacts",
                               params={"limit": 1, "properties": "email"}, pace_key="api")
-            data = self._api.request("GET", "/crm/v3/properties/contacts", pace_key="api")
         except ApiAuthError as exc:
             raise ConfigError(
                 f"source.token: HubSpot refused the token ({exc}); it needs a private app "
                 "token with the scope crm.objects.contacts.read"
             ) from exc
+        try:
+            data = self._api.request("GET", "/crm/v3/properties/contacts", pace_key="api")
+        except ApiAuthError as exc:  # reading property definitions may need another scope
+            log.warning("hubspot.properties_unchecked", error=str(exc))
+            return
         known = {str(p.get("name")) for p in _results(data, field="name")}
         unknown = [p for p in self.settings.properties if p not in known]
         if unknown:

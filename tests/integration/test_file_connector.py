@@ -135,3 +135,11 @@ def test_missing_path_and_empty_folder_are_config_errors(tmp_path: Path) -> None
                                              pattern="*.csv"))
     with pytest.raises(ConfigError, match=r"no file matching '\*\.csv'"):
         empty.check()
+
+
+def test_plan_reports_what_a_sync_would_send(pipeline: SourcePipeline) -> None:
+    """`plan` on a file source counts the creates and sends nothing."""
+    _drop(_drops(pipeline), 1, _csv(30))
+    report = pipeline.job().plan()
+    assert report.counts["created"] == 30
+    assert pipeline.double.imports() == []

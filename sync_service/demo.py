@@ -51,7 +51,7 @@ batch_size = 500
 [pipelines.source]
 {source}
 [pipelines.mapping]
-email = "email"
+email = "{email}"
 
 [pipelines.mapping.fields]
 {fields}"""
@@ -83,6 +83,7 @@ class DemoSource:
     fields_toml: str
     edit: Callable[[int], None]
     where: str  # shown in the demo's first line
+    email_column: str = "email"  # the source column holding the address (Salesforce: Email)
 
 
 # A setup prepares the source in ``folder`` with ``rows`` records. Add a source here (crm-b:
@@ -162,7 +163,8 @@ def _prepare(folder: Path, source: DemoSource) -> Path:
         (folder / name).unlink(missing_ok=True)
     config = folder / "mailtrap-sync.toml"
     config.write_text(CONFIG.format(state=(folder / "state.db").resolve(),
-                                    source=source.source_toml, fields=source.fields_toml))
+                                    source=source.source_toml, fields=source.fields_toml,
+                                    email=source.email_column))
     return config
 
 

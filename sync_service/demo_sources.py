@@ -41,6 +41,30 @@ plan = "plan"
 seats = "seats"
 signed_up = "signed_up"
 """
+SALESFORCE_SOURCE = """\
+connector = "salesforce"
+login_url = "{url}"
+client_id = "${{SF_CLIENT_ID}}"
+client_secret = "${{SF_CLIENT_SECRET}}"
+object = "Contact"
+fields = ["Email", "FirstName", "LastName", "Plan__c"]
+"""
+SALESFORCE_FIELDS = """\
+first_name = "FirstName"
+last_name = "LastName"
+plan = "Plan__c"
+"""
+PIPEDRIVE_SOURCE = """\
+connector = "pipedrive"
+api_url = "{url}"
+token = "${{PIPEDRIVE_TOKEN}}"
+fields = ["first_name", "last_name", "Plan tier"]
+"""
+PIPEDRIVE_FIELDS = """\
+first_name = "first_name"
+last_name = "last_name"
+plan = "Plan tier"
+"""
 
 
 def _hubspot(folder: Path, rows: int, stack: ExitStack) -> DemoSource:
@@ -94,4 +118,56 @@ def _file(folder: Path, rows: int, _stack: ExitStack) -> DemoSource:
                       f"{rows} customers in {drops}/customers-001.csv")
 
 
-SETUPS: dict[str, DemoSetup] = {"hubspot": _hubspot, "file": _file}
+def _salesforce(folder: Path, rows: int, stack: ExitStack) -> DemoSource:
+    """The Salesforce double with ``rows`` Contacts and a custom field Plan__c."""
+    from sync_service.testing.salesforce import SalesforceDouble  # noqa: PLC0415
+
+    double = SalesforceDouble()
+    double.add_field("Contact", "Plan__c")
+    start = datetime.now(UTC) - timedelta(days=3)
+    ids: dict[int, str] = {}
+    for person in sample_people(rows):
+        ids[person["id"]] = double.add(
+            "Contact", modstamp=start + timedelta(seconds=person["id"]), Email=person["email"],
+            FirstName=person["first_name"], LastName=person["last_name"],
+            Plan__c=person["plan"])
+    url = stack.enter_context(serve_app(double.app, "salesforce"))
+    os.environ["SF_CLIENT_ID"] = double.client_id
+    os.environ["SF_CLIENT_SECRET"] = double.client_secret
+
+    def edit(count: int) -> None:
+        for ident in edited_ids(count):
+            double.update(ids[ident], Plan__c="enterprise-plus")
+
+    return DemoSource(SALESFORCE_SOURCE.format(url=url), SALESFORCE_FIELDS, edit,
+                      f"{rows} Contacts in the Salesforce test double at {url}",
+                      email_column="Email")
+
+
+def _pipedrive(folder: Path, rows: int, stack: ExitStack) -> DemoSource:
+    """The Pipedrive double with ``rows`` persons (two addresses each, the work one primary)
+    and a custom field "Plan tier"."""
+    from sync_service.testing.pipedrive import PipedriveDouble  # noqa: PLC0415
+
+    double = PipedriveDouble()
+    plan = double.add_custom_field("Plan tier")
+    start = datetime.now(UTC) - timedelta(days=3)
+    for person in sample_people(rows):
+        double.add(person_id=person["id"], first_name=person["first_name"],
+                   last_name=person["last_name"], at=start + timedelta(seconds=person["id"]),
+                   emails=[{"value": f"home.{person['id']}@example.net", "primary": False},
+                           {"value": person["email"], "primary": True}],
+                   custom={plan: person["plan"]})
+    url = stack.enter_context(serve_app(double.app, "pipedrive"))
+    os.environ["PIPEDRIVE_TOKEN"] = double.token
+
+    def edit(count: int) -> None:
+        for ident in edited_ids(count):
+            double.update(ident, custom={plan: "enterprise-plus"})
+
+    return DemoSource(PIPEDRIVE_SOURCE.format(url=url), PIPEDRIVE_FIELDS, edit,
+                      f"{rows} persons in the Pipedrive test double at {url}")
+
+
+SETUPS: dict[str, DemoSetup] = {"hubspot": _hubspot, "file": _file,
+                                "salesforce": _salesforce, "pipedrive": _pipedrive}

@@ -10,11 +10,12 @@ from click.testing import CliRunner
 from sync_service.__main__ import cli
 
 
-@pytest.mark.parametrize("source", ["sql", "file", "hubspot"])
+@pytest.mark.parametrize("source", ["sql", "file", "hubspot", "salesforce", "pipedrive"])
 def test_demo_from_each_source(source: str, tmp_path: Path,
                                monkeypatch: pytest.MonkeyPatch) -> None:
     """The demo exits 0: everything created, then exactly the 25 edited records sent."""
-    for name in ("MAILTRAP_API_URL", "MAILTRAP_API_TOKEN", "HUBSPOT_TOKEN"):
+    for name in ("MAILTRAP_API_URL", "MAILTRAP_API_TOKEN", "HUBSPOT_TOKEN", "SF_CLIENT_ID",
+                 "SF_CLIENT_SECRET", "PIPEDRIVE_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     result = CliRunner().invoke(cli, ["demo", "--dir", str(tmp_path / source), "--contacts",
                                       "200", "--source", source], catch_exceptions=False)

@@ -67,7 +67,40 @@ def _hubspot(records: int, _folder: Path, stack: ExitStack) -> dict[str, Any]:
             "search_rate": "100000/1s"}
 
 
-SETUPS: dict[str, Setup] = {"file-csv": _csv, "file-jsonl": _jsonl, "hubspot": _hubspot}
+def _salesforce(records: int, _folder: Path, stack: ExitStack) -> dict[str, Any]:
+    from sync_service.testing.salesforce import SalesforceDouble
+    from sync_service.testing.server import serve_app
+
+    double = SalesforceDouble()
+    start = datetime.now(UTC) - timedelta(days=30)
+    for n, person in enumerate(people(records), start=1):
+        double.add("Contact", modstamp=start + timedelta(seconds=n // 10),
+                   Email=person["email"], FirstName=person["first_name"],
+                   LastName=person["last_name"])
+    url = stack.enter_context(serve_app(double.app, "salesforce"))
+    return {"connector": "salesforce", "login_url": url, "client_id": double.client_id,
+            "client_secret": double.client_secret, "fields": ["Email", "FirstName", "LastName"]}
+
+
+def _pipedrive(records: int, _folder: Path, stack: ExitStack) -> dict[str, Any]:
+    from sync_service.testing.pipedrive import PipedriveDouble
+    from sync_service.testing.server import serve_app
+
+    double = PipedriveDouble()
+    plan = double.add_custom_field("Plan tier")
+    start = datetime.now(UTC) - timedelta(days=30)
+    for n, person in enumerate(people(records), start=1):
+        double.add(person_id=n, first_name=person["first_name"], last_name=person["last_name"],
+                   emails=[person["email"]] if person["email"] else [],
+                   custom={plan: person["plan"]},
+                   at=start + timedelta(seconds=n // 10))  # ten persons a second: ties
+    url = stack.enter_context(serve_app(double.app, "pipedrive"))
+    return {"connector": "pipedrive", "token": double.token, "api_url": url,
+            "fields": ["first_name", "last_name", "Plan tier"]}
+
+
+SETUPS: dict[str, Setup] = {"file-csv": _csv, "file-jsonl": _jsonl, "hubspot": _hubspot,
+                            "salesforce": _salesforce, "pipedrive": _pipedrive}
 
 
 def child(raw: dict[str, Any]) -> dict[str, Any]:

@@ -19,8 +19,9 @@ Contract (``SalesforceSettings`` has the keys; docs/connector-salesforce.md the 
   (``INVALID_QUERY_LOCATOR``) restarts the query after the last record yielded.
 - **Limits.** 403 ``REQUEST_LIMIT_EXCEEDED`` (Salesforce has no 429) is a rate limit: backed off
   exponentially and retried by the shared HTTP toolkit; 5xx and dropped connections likewise.
-  The last ``Sforce-Limit-Info`` (``api-usage=USED/MAX``) is kept in ``api_usage`` and logged by
-  ``check``.
+  The last ``Sforce-Limit-Info`` (``api-usage=USED/MAX``) is kept in ``api_usage``, shown by
+  ``check`` (``describe()``), and a warning ``salesforce.api_usage_high`` is logged once when
+  90 % of the org's daily requests are used.
 - **Errors.** ``INVALID_FIELD``, ``MALFORMED_QUERY`` and ``INVALID_TYPE`` (a field or object
   name Salesforce does not know, a bad ``where``) are ``ConfigError``s quoting Salesforce's
   message. Other refusals are ``ApiError`` (a ``SourceError``).
@@ -51,6 +52,8 @@ log = structlog.get_logger(__name__)
 
 _QUERY_ERRORS = frozenset({"INVALID_FIELD", "MALFORMED_QUERY", "INVALID_TYPE"})
 _ID = re.compile(r"^[A-Za-z0-9]{1,18}$")  # Ids are 15 or 18; nothing else is ever quoted
+_USAGE = re.compile(r"api-usage=(?P<used>\d+)/(?P<max>\d+)")
+_USAGE_WARNING = 0.9  # share of the org's daily API requests that earns a warning
 _FETCH_CHUNK = 200  # ids per IN list: keeps the query URL far below Salesforce's limits
 
 
@@ -108,6 +111,7 @@ class SalesforceConnector:
         self._tokens = TokenSource(settings, transport=transport)
         self._client: JsonClient | None = None
         self._restart = False  # set when a query locator expired mid-read
+        self._usage_warned = False
         self._base = f"/services/data/v{settings.api_version}"
 
     # the protocol ---------------------------------------------------------------------------
@@ -228,8 +232,22 @@ class SalesforceConnector:
         answer = self._http().exchange(
             "GET", url, params=params, group="salesforce.query",
             headers={"Sforce-Query-Options": f"batchSize={self.settings.page_size}"})
-        self.api_usage = answer.headers.get("Sforce-Limit-Info", self.api_usage)
+        usage = answer.headers.get("Sforce-Limit-Info")
+        if usage:
+            self.api_usage = usage
+            self._watch_usage(usage)
         return answer
+
+    def _watch_usage(self, usage: str) -> None:
+        """Warn once per connector when the org has used 90 % of its daily API requests."""
+        match = _USAGE.search(usage)
+        if self._usage_warned or match is None or int(match["max"]) <= 0:
+            return
+        used, most = int(match["used"]), int(match["max"])
+        if used >= _USAGE_WARNING * most:
+            self._usage_warned = True
+            log.warning("salesforce.api_usage_high", used=used, max=most,
+                        object=self.settings.object)
 
     def _http(self) -> JsonClient:
         if self._client is None:

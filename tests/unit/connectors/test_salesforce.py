@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import ValidationError
+from structlog.testing import capture_logs
 
 from connectors.salesforce import SalesforceConnector, SalesforceSettings, parse_stamp
 from sync_service.errors import ConfigError
@@ -172,3 +173,16 @@ def test_lookback_rereads_the_window_to_catch_late_commits(sf: SalesforceDouble,
     assert list(connect().read(watermark)) == []
     again = [r.key for r in connect(lookback="5s").read(watermark)]
     assert again == [late, seen]
+
+
+def test_high_api_usage_is_warned_once(sf: SalesforceDouble, connect: Any) -> None:
+    """At 90 % of the org's daily requests, one salesforce.api_usage_high warning is logged."""
+    sf.add(Email="a@example.com", modstamp=T0)
+    sf.api_limit, sf.api_used = 100, 95
+    connector = connect()
+    with capture_logs() as logs:
+        connector.check()
+        list(connector.read(None))
+    warnings = [e for e in logs if e["event"] == "salesforce.api_usage_high"]
+    assert [(w["used"], w["max"]) for w in warnings] == [(96, 100)]
+    assert connector.describe().endswith("api-usage=97/100")

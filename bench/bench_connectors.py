@@ -96,7 +96,7 @@ def _pipedrive(records: int, _folder: Path, stack: ExitStack) -> dict[str, Any]:
                    at=start + timedelta(seconds=n // 10))  # ten persons a second: ties
     url = stack.enter_context(serve_app(double.app, "pipedrive"))
     return {"connector": "pipedrive", "token": double.token, "api_url": url,
-            "fields": ["first_name", "last_name", "Plan tier"]}
+            "fields": ["first_name", "last_name", "Plan tier"], "rate": "100000/1s"}
 
 
 SETUPS: dict[str, Setup] = {"file-csv": _csv, "file-jsonl": _jsonl, "hubspot": _hubspot,

@@ -18,8 +18,10 @@ Contract (``PipedriveSettings`` has the keys; docs/connector-pipedrive.md the ve
   changed since one second before the watermark, and yields those whose ``active_flag`` is false
   as ``deleted=True``, merged into the stream in (update_time, id) order. Memory grows with the
   number of deletions since the last run. A full read (first run, backfill) yields no deletions.
-- **Limits and errors.** 429 (with ``Retry-After``), 5xx, timeouts and dropped connections are
-  retried by the shared HTTP toolkit. A refused token (401) is a ``ConfigError`` naming
+- **Limits and errors.** Requests are paced under ``rate`` (Pipedrive's burst limit per
+  2-second window, shared by every connector of the process using the same token); 429 (with
+  ``Retry-After``), 5xx, timeouts and dropped connections are retried by the shared HTTP
+  toolkit. A refused token (401) is a ``ConfigError`` naming
   ``token``; other refusals are ``ApiError`` with Pipedrive's ``error`` text.
 """
 
@@ -37,7 +39,7 @@ import structlog
 
 from connectors.pipedrive_settings import PipedriveSettings
 from sync_service.errors import ApiAuthError, ConfigError, SourceError
-from sync_service.httpkit import ApiPolicy, JsonClient
+from sync_service.httpkit import ApiPolicy, JsonClient, RatePacer, digest
 from sync_service.models import Position, SourceRecord
 
 __all__ = ["PipedriveConnector", "PipedriveSettings"]
@@ -95,6 +97,7 @@ class PipedriveConnector:
             policy=PipedrivePolicy(api="Pipedrive", config_key="source.api_url",
                                    retry_event="pipedrive.retry"),
             base_url=settings.api_url, headers={"x-api-token": settings.token},
+            pacer=RatePacer("pipedrive", digest(settings.token), [settings.rate]),
             transport=transport, timeout=settings.timeout, max_retries=settings.max_retries,
             retry_initial=retry_initial,
         )

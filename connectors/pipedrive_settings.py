@@ -17,6 +17,7 @@ from pydantic import Field, field_validator
 
 from connectors.sql_settings import parse_lookback
 from sync_service.connector import ConnectorSettings
+from sync_service.settings import parse_rate
 
 DEFAULT_API_URL = "https://api.pipedrive.com"
 
@@ -41,6 +42,9 @@ class PipedriveSettings(ConnectorSettings):
         timedelta(0), description="how far behind the watermark each incremental read starts, "
         "to catch changes whose timestamp was set before they committed: '30s', '2m', or seconds"
     )
+    rate: str = Field(
+        "20/2s", description="pace of requests: Pipedrive's burst limit per 2-second window "
+        "depends on the plan; the default suits the smallest, raise it for yours")
     page_size: int = Field(500, ge=1, le=500, description="persons per page (1..500)")
     timeout: float = Field(30.0, gt=0, description="seconds per HTTP request")
     max_retries: int = Field(8, ge=0, description="retries of one request on 429, 5xx, "
@@ -53,6 +57,12 @@ class PipedriveSettings(ConnectorSettings):
         if parsed is None:
             return timedelta(0)
         return parsed if isinstance(parsed, timedelta) else timedelta(seconds=float(parsed))
+
+    @field_validator("rate")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        parse_rate(value)
+        return value
 
     @field_validator("api_url")
     @classmethod

@@ -47,7 +47,7 @@ class PipedriveSource(ContractSource):
 
     def _connector(self, token: str, page_size: int) -> PipedriveConnector:
         settings = PipedriveSettings(connector="pipedrive", token=token, page_size=page_size,
-                                     fields=("first_name", "Nickname"))
+                                     fields=("first_name", "Nickname"), rate="1000/1s")
         return PipedriveConnector(
             settings, transport=InProcessTransport(self.double.app), retry_initial=0.01)
 

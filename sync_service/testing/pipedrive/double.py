@@ -34,6 +34,7 @@ import hashlib
 import itertools
 import json
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -65,6 +66,7 @@ class LoggedRequest:
     path: str
     params: dict[str, str]
     status: int
+    time: float = 0.0  # time.monotonic() on arrival
 
 
 def rfc3339(value: datetime) -> str:
@@ -388,10 +390,11 @@ def _decode_cursor(raw: str | None, sort_by: str) -> tuple[Any, int] | None:
 
 def _build_app(double: PipedriveDouble) -> ASGIApp:
     async def endpoint(request: Request) -> Response:
+        arrived = time.monotonic()
         with double.lock:
             status, body, headers = double.answer(request)
             double.log(LoggedRequest(request.method, request.url.path,
-                                     dict(request.query_params), status))
+                                     dict(request.query_params), status, arrived))
         return JSONResponse(body, status_code=status, headers=headers)
 
     return Starlette(routes=[

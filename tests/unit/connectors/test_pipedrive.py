@@ -30,7 +30,7 @@ def connect(pd: PipedriveDouble) -> Iterator[Any]:
 
     def make(**overrides: Any) -> PipedriveConnector:
         values: dict[str, Any] = {"connector": "pipedrive", "token": DEFAULT_TOKEN,
-                                  "page_size": 2, **overrides}
+                                  "page_size": 2, "rate": "1000/1s", **overrides}
         connector = PipedriveConnector(PipedriveSettings.model_validate(values),
                                        transport=InProcessTransport(pd.app),
                                        retry_initial=0.01)
@@ -131,3 +131,16 @@ def test_lookback_rereads_the_window_to_catch_late_commits(pd: PipedriveDouble,
     late = pd.add(first_name="L", emails=["l@example.com"], at=T0 + timedelta(seconds=3))
     assert list(connect().read(watermark)) == []
     assert [r.key for r in connect(lookback=5).read(watermark)] == [late, seen]
+
+
+def test_requests_are_paced_under_the_configured_rate(pd: PipedriveDouble,
+                                                      connect: Any) -> None:
+    """With rate = "5/1s", no second of a long read sees more than five requests."""
+    for n in range(14):
+        pd.add(first_name=f"P{n}", emails=[f"p{n}@example.com"], at=T0 + timedelta(seconds=n))
+    records = list(connect(page_size=1, rate="5/1s", fields=[]).read(None))
+    assert len(records) == 14
+    times = sorted(r.time for r in pd.requests())
+    assert len(times) >= 15
+    busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+    assert busiest <= 5

@@ -18,7 +18,7 @@ from pydantic import Field, field_validator, model_validator
 from connectors.sql_settings import parse_lookback
 from sync_service.connector import ConnectorSettings
 
-_IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$")
+_IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _VERSION = re.compile(r"^\d{2,3}\.\d$")
 ALWAYS = ("Id", "SystemModstamp", "IsDeleted")  # read whatever `fields` says
 
@@ -76,6 +76,10 @@ class SalesforceSettings(ConnectorSettings):
     def _fields(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if not value:
             raise ValueError("must name at least one field")
+        related = [name for name in value if "." in name]
+        if related:
+            raise ValueError(f"relationship fields are not supported (read the object's own "
+                             f"fields): {', '.join(map(repr, related))}")
         bad = [name for name in value if not _IDENTIFIER.match(name)]
         if bad:
             raise ValueError(f"not Salesforce field API names: {', '.join(map(repr, bad))}")

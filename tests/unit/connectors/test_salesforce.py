@@ -72,6 +72,8 @@ def test_settings_need_one_complete_flow() -> None:
         _settings(client_secret=None, private_key="k")
     with pytest.raises(ValidationError, match="not Salesforce field API names"):
         _settings(fields=["Email", "Email, Name FROM User --"])
+    with pytest.raises(ValidationError, match="relationship fields are not supported"):
+        _settings(fields=["Email", "Account.Name"])
     assert _settings().flow == "client_credentials"
     sandbox = _settings(client_secret=None, private_key="k", username="u",
                         login_url="https://acme--dev.sandbox.my.salesforce.com")

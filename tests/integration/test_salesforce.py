@@ -213,3 +213,27 @@ def test_plan_and_retry_of_a_rejected_contact(config: Path, sf: SalesforceDouble
     assert _listed(double) == _crm_view(sf)
     fetched = [r.query for r in sf.requests() if "Id+IN" in r.query or "Id%20IN" in r.query]
     assert fetched, "retry re-reads the rejected contact by Id"
+
+
+def test_jwt_bearer_flow_with_the_key_from_the_environment(
+        config: Path, sf: SalesforceDouble, double: MailtrapDouble,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The JWT-bearer flow with the PEM key in ${SF_PRIVATE_KEY}: the sync goes through, and
+    the key never shows in the output."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    sf.public_key = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    monkeypatch.setenv("SF_PRIVATE_KEY", pem)
+    config.write_text(config.read_text().replace(
+        'client_secret = "${SF_CLIENT_SECRET}"',
+        f'username = "{sf.username}"\nprivate_key = "${{SF_PRIVATE_KEY}}"'))
+    _seed(sf, 5)
+    result = _cli(config, "sync")
+    assert result.exit_code == 0, result.output
+    assert _listed(double) == _crm_view(sf)
+    assert "PRIVATE KEY" not in result.output

@@ -144,3 +144,19 @@ def test_requests_are_paced_under_the_configured_rate(pd: PipedriveDouble,
     assert len(times) >= 15
     busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
     assert busiest <= 5
+
+
+def test_an_answer_without_success_fails_the_read(pd: PipedriveDouble, connect: Any) -> None:
+    """A 200 whose body says success false, or a person without update_time, is a SourceError
+    naming what was wrong."""
+    pd.add(first_name="A", emails=["a@example.com"], at=T0)
+    original = pd._list
+    pd._list = lambda params: {"success": False, "data": None}  # type: ignore[method-assign]
+    with pytest.raises(SourceError, match="did not answer success"):
+        list(connect().read(None))
+    pd._list = lambda params: {  # type: ignore[method-assign]
+        "success": True, "data": [{"id": 1, "emails": []}], "additional_data": {}}
+    with pytest.raises(SourceError, match="without id or update_time"):
+        list(connect().read(None))
+    pd._list = original  # type: ignore[method-assign]
+    assert len(list(connect().read(None))) == 1

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from structlog.testing import capture_logs
 
 from connectors.salesforce import SalesforceConnector, SalesforceSettings, parse_stamp
-from sync_service.errors import ConfigError
+from sync_service.errors import ConfigError, SourceError
 from sync_service.mailtrap.transport import InProcessTransport
 from sync_service.models import Position
 from sync_service.testing.salesforce import SalesforceDouble
@@ -188,3 +188,23 @@ def test_high_api_usage_is_warned_once(sf: SalesforceDouble, connect: Any) -> No
     warnings = [e for e in logs if e["event"] == "salesforce.api_usage_high"]
     assert [(w["used"], w["max"]) for w in warnings] == [(96, 100)]
     assert connector.describe().endswith("api-usage=97/100")
+
+
+def test_a_record_with_a_bad_systemmodstamp_fails_the_read_naming_it(
+        sf: SalesforceDouble, connect: Any) -> None:
+    """An answer whose SystemModstamp is not a dateTime stops the read with the record's Id."""
+    sf.add(Email="a@example.com", modstamp=T0)
+    bad = sf.add(Email="b@example.com", modstamp=T0 + timedelta(seconds=1))
+    original = sf.run_query
+
+    def corrupted(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        body = original(*args, **kwargs)
+        for record in body["records"]:
+            if record["Id"] == bad:
+                record["SystemModstamp"] = "yesterday"
+        return body
+
+    sf.run_query = corrupted  # type: ignore[method-assign]
+    with pytest.raises(SourceError, match=f"{bad}: SystemModstamp 'yesterday'") as raised:
+        list(connect().read(None))
+    assert "not a dateTime" in str(raised.value)

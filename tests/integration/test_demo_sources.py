@@ -16,7 +16,10 @@ def test_demo_from_each_source(source: str, tmp_path: Path,
     """The demo exits 0: everything created, then exactly the 25 edited records sent."""
     for name in ("MAILTRAP_API_URL", "MAILTRAP_API_TOKEN", "HUBSPOT_TOKEN", "SF_CLIENT_ID",
                  "SF_CLIENT_SECRET", "PIPEDRIVE_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
+        # setenv first, so that monkeypatch restores the variable's absence afterwards: the
+        # demo sets these in os.environ, and a dead server's URL must not reach later tests.
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     result = CliRunner().invoke(cli, ["demo", "--dir", str(tmp_path / source), "--contacts",
                                       "200", "--source", source], catch_exceptions=False)
     assert result.exit_code == 0, result.output

@@ -117,10 +117,10 @@ class ConnectorContract:
     def source(self) -> ContractSource:
         raise NotImplementedError("define a `source` fixture returning a ContractSource")
 
-    @staticmethod
-    def read(source: ContractSource, since: Position | None = None, *,
+    def read(self, source: ContractSource, since: Position | None = None, *,
              page_size: int | None = None) -> list[SourceRecord]:
-        with closing(source.connect(page_size=page_size or ConnectorContract.page_size)) as conn:
+        """A checked connector's records from ``since``, verified in strict order."""
+        with closing(source.connect(page_size=page_size or self.page_size)) as conn:
             conn.check()
             return strict_order(conn.read(since), type(conn).__name__)
 

@@ -34,6 +34,7 @@ Contract (see ``SqlSourceSettings`` for the keys):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -55,6 +56,9 @@ log = structlog.get_logger(__name__)
 _CONNECT_TIMEOUT_S = 10
 _FETCH_CHUNK = 500  # keys per IN list in fetch(); well under every engine's parameter limit
 _Condition = sa.ColumnElement[bool]
+# What PostgreSQL and MariaDB/MySQL say when they refuse a login.
+_REFUSED = re.compile(r"password authentication failed|role \"[^\"]*\" does not exist|"
+                      r"access denied for user", re.IGNORECASE)
 
 
 class SqlConnector:
@@ -77,10 +81,19 @@ class SqlConnector:
 
     # the protocol ---------------------------------------------------------------------------
     def check(self) -> None:
-        """Connect, find the table or run the query, and check every configured column."""
-        with self._connection("checking") as conn:
-            shape = describe(conn, self.settings)
-            conn.execute(shape.select().limit(0)).close()
+        """Connect, find the table or run the query, and check every configured column.
+
+        Credentials the database refuses are a ``ConfigError`` naming ``source.url``.
+        """
+        try:
+            with self._connection("checking") as conn:
+                shape = describe(conn, self.settings)
+                conn.execute(shape.select().limit(0)).close()
+        except SourceError as exc:
+            if _REFUSED.search(str(exc)):
+                raise ConfigError(f"source.url: the database refused the credentials: {exc}"
+                                  ) from exc
+            raise
         log.info("sql.check_ok", source=shape.label, url=self._safe_url, columns=len(shape.names))
 
     def read(self, since: Position | None) -> Iterator[SourceRecord]:

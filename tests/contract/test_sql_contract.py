@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
 from connectors.sql import SqlConnector, SqlSourceSettings
 from sync_service.testing.contract import ConnectorContract, ContractSource, Row
@@ -18,6 +19,7 @@ class SqlSource(ContractSource):
     """A ``customers`` table; a deletion sets ``deleted_at`` and advances ``updated_at``."""
 
     several_emails = False  # one column holds one address
+    bad_credentials_hint = "source.url: the database refused the credentials"
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -50,10 +52,21 @@ class SqlSource(ContractSource):
             conn.execute(sa.update(self.table).where(self.table.c.id.in_([int(k) for k in keys]))
                          .values(deleted_at=moment, updated_at=moment))
 
-    def connect(self, *, page_size: int) -> SqlConnector:
+    def connect(self, *, page_size: int, url: str | None = None) -> SqlConnector:
         return SqlConnector(SqlSourceSettings(
-            connector="sql", url=self.url, table="customers", key="id", cursor="updated_at",
-            deleted_column="deleted_at", lookback=0, fetch_size=page_size))
+            connector="sql", url=url or self.url, table="customers", key="id",
+            cursor="updated_at", deleted_column="deleted_at", lookback=0, fetch_size=page_size))
+
+    def connect_with_bad_credentials(self) -> SqlConnector | None:
+        """A user the server does not know (PostgreSQL) or a wrong password (MariaDB)."""
+        url = make_url(self.url)
+        if url.get_backend_name() == "postgresql":
+            return self.connect(page_size=3, url=url.set(username="no_such_role_x")
+                                .render_as_string(hide_password=False))
+        if url.get_backend_name() in ("mysql", "mariadb"):
+            return self.connect(page_size=3, url=url.set(password="wrong-password")
+                                .render_as_string(hide_password=False))
+        return None  # SQLite has no credentials
 
 
 class TestSqlConnectorContract(ConnectorContract):

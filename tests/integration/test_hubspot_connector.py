@@ -10,9 +10,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from connectors.hubspot import HubSpotConnector, HubSpotSettings
 from sync_service.__main__ import cli
+from sync_service.connector import in_order
 from sync_service.mailtrap.double import MailtrapDouble
-from sync_service.models import RunOutcome
+from sync_service.mailtrap.transport import InProcessTransport
+from sync_service.models import Position, RunOutcome
 from sync_service.testing.hubspot.double import DEFAULT_TOKEN, SEARCH_CAP, HubSpotDouble, millis
 from sync_service.testing.server import serve_app
 from tests.support.source_pipeline import SourcePipeline
@@ -187,3 +190,33 @@ def test_check_with_a_refused_token_exits_2_naming_it(cli_config: Path,
     assert result.exit_code == 2, result.output
     assert "source.token: HubSpot refused the token" in result.output
     assert "pat-na1-revoked" not in result.output
+
+
+def _connector(hubspot: HubSpotDouble, page_size: int) -> HubSpotConnector:
+    settings = HubSpotSettings(connector="hubspot", token=DEFAULT_TOKEN, lookback="0",
+                               api_url="https://hubspot.test", page_size=page_size,
+                               search_rate="1000/1s", rate="1000/1s")
+    return HubSpotConnector(settings, transport=InProcessTransport(hubspot.app))
+
+
+def test_search_reads_ties_across_pages_once_and_resumes_from_every_position(
+        hubspot: HubSpotDouble) -> None:
+    """Through search: 12 of 30 contacts on one timestamp, 5 a page; each once, any watermark."""
+    base = millis(datetime.now(UTC) - timedelta(hours=1))
+    for n in range(9):
+        hubspot.add(email=f"a{n}@example.com", at=base + n)
+    tied = [hubspot.add(email=f"t{n}@example.com", at=base + 20) for n in range(12)]
+    for n in range(9):
+        hubspot.add(email=f"z{n}@example.com", at=base + 30 + n)
+    hubspot.archive(tied[4], at=base + 25)
+    origin = Position((datetime.fromtimestamp((base - 1) / 1000, UTC), 1), 0)
+    connector = _connector(hubspot, page_size=5)
+    try:
+        full = list(in_order(connector.read(origin), "hubspot"))
+        assert sorted(r.key for r in full) == sorted([*hubspot.contacts(), tied[4]])
+        assert [r.key for r in full if r.deleted] == [tied[4]]
+        for index, record in enumerate(full):
+            rest = list(in_order(connector.read(record.position), "hubspot"))
+            assert [r.key for r in rest] == [r.key for r in full[index + 1:]]
+    finally:
+        connector.close()

@@ -220,3 +220,29 @@ def test_search_reads_ties_across_pages_once_and_resumes_from_every_position(
             assert [r.key for r in rest] == [r.key for r in full[index + 1:]]
     finally:
         connector.close()
+
+
+@pytest.mark.parametrize(("lookback", "caught"), [("5m", True), ("0", False)])
+def test_lookback_catches_an_edit_search_indexed_late(
+        lookback: str, caught: bool, *, tmp_path: Path, double: MailtrapDouble,
+        hubspot: HubSpotDouble, hubspot_url: str) -> None:
+    """An edit that reaches search after a later one is read by the next run within lookback
+    (and, as the control shows, missed without one)."""
+    ids = [hubspot.add(email=f"l{n}@example.com", properties={"firstname": f"F{n}"})
+           for n in range(5)]
+    pipeline = _pipeline(tmp_path, double, hubspot_url, lookback=lookback)
+    try:
+        assert pipeline.run().outcome is RunOutcome.SUCCEEDED
+        hubspot.update(ids[1], firstname="Late")
+        hubspot.hold_from_search(ids[1])
+        hubspot.update(ids[2], firstname="Quick")
+        assert pipeline.run().outcome is RunOutcome.SUCCEEDED
+        view = pipeline.mailtrap_view()
+        assert (view["l1@example.com"]["first_name"], view["l2@example.com"]["first_name"]) == (
+            "F1", "Quick")
+        hubspot.index_all()
+        assert pipeline.run().outcome is RunOutcome.SUCCEEDED
+        late = pipeline.mailtrap_view()["l1@example.com"]["first_name"]
+        assert late == ("Late" if caught else "F1")
+    finally:
+        pipeline.close()

@@ -129,6 +129,7 @@ class HubSpotDouble:
         self._ids = itertools.count(1001)
         self._last_ms = 0
         self._limited: list[str] = []
+        self._unindexed: set[int] = set()
         self._log: list[LoggedRequest] = []
         self._random = random.Random(self.seed)  # noqa: S311 - shuffles ties, not security
         self._app: ASGIApp | None = None
@@ -189,6 +190,16 @@ class HubSpotDouble:
         """Delete a contact (HubSpot archives it; it leaves search, joins archived=true)."""
         with self.lock:
             self._contacts[contact_id].archived_at = self._stamp(at)
+
+    def hold_from_search(self, *contact_ids: int) -> None:
+        """Search does not find these contacts (their last edit is not indexed yet)."""
+        with self.lock:
+            self._unindexed.update(contact_ids)
+
+    def index_all(self) -> None:
+        """Search catches up: every contact is found again."""
+        with self.lock:
+            self._unindexed.clear()
 
     def rate_limit(self, count: int = 1, policy: str = "TEN_SECONDLY_ROLLING") -> None:
         """The next ``count`` requests answer 429 with this ``policyName``."""
@@ -268,7 +279,8 @@ class HubSpotDouble:
         if len(sorts) > 1:
             raise _BadRequest("Only one sort is allowed per search request")
         matches = [c for c in self._contacts.values()
-                   if c.archived_at is None and _matches(c, body.get("filterGroups") or [])]
+                   if c.archived_at is None and c.id not in self._unindexed
+                   and _matches(c, body.get("filterGroups") or [])]
         if sorts:
             name = str(sorts[0].get("propertyName"))
             descending = str(sorts[0].get("direction", "ASCENDING")).upper() == "DESCENDING"

@@ -75,7 +75,7 @@ class HubSpotSettings(ConnectorSettings):
                           "starts (search indexes an edit after a few moments); 0 to disable")
     rate: str = Field("100/10s", description="pace of list and other requests (HubSpot allows "
                       "100-190 per 10 s by plan)")
-    search_rate: str = Field("4/1s", description="pace of search requests (HubSpot: 5/s)")
+    search_rate: str = Field("4/1s", description="pace of search requests (HubSpot: 4/s a token)")
     timeout: float = Field(30.0, gt=0, description="seconds per request")
     max_retries: int = Field(8, ge=0, description="retries of a rate-limited or failed request")
     retry_initial: float = Field(0.5, gt=0, description="first back-off in seconds (doubles)")

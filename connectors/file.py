@@ -7,9 +7,11 @@ Contract:
   Keys that the previous snapshot had and this one lacks are deletions. In folder mode the
   previous snapshot is the folder's second-newest file; reading a snapshot from its start
   compares the two (both key sets are held in memory: a few dozen bytes a key) and leaves the
-  result in ``deleted_keys``, logged as ``file.deletions_seen``. **Until the audience-model issue
-  lands they are only counted and reported, not applied** (no contact leaves a list because of
-  them). With a single ``path`` there is no previous snapshot to compare with, so none is seen.
+  result in ``deleted_keys``, logged as ``file.deletions_seen``. With a single ``path`` (a file
+  replaced by each export) the keys of the last snapshot read are kept in ``keys_file``
+  (default: ``.<name>.keys`` beside it; if it cannot be written, deletions go unseen and a
+  warning says why). **Until the audience-model issue lands they are only counted and
+  reported, not applied** (no contact leaves a list because of them).
 - **Order.** ``cursor`` is ``"<snapshot>|<line>"``: the snapshot's modification time (ns) and
   name, then the record's physical line number (the last line of a multi-line CSV record), both
   zero-padded so that text order is file order. ``key`` is the key column's text. ``read(p)``
@@ -168,21 +170,59 @@ class FileConnector:
         return Snapshot(path, f"{mtime:020d}-{path.name}", fmt)
 
     def _compare_with_previous(self, snap: Snapshot, keys: set[str]) -> None:
+        """Count the keys the previous snapshot had and ``snap`` lacks (``deleted_keys``)."""
         self.deleted_keys = set()
-        previous = [s for s in self.snapshots() if s.ident < snap.ident]
-        if not previous:
+        if self.path.is_file():
+            before, where = self._remembered_keys(snap), str(self._keys_file())
+            self._remember_keys(snap, keys)
+        else:
+            previous = [s for s in self.snapshots() if s.ident < snap.ident]
+            before, where = (self._file_keys(previous[-1]), str(previous[-1].path)) \
+                if previous else (None, "")
+        if before is None:
             return
-        before: set[str] = set()
-        for line in self._lines(previous[-1], quiet_until=_ALL):
-            key = self._key(line, before, quiet=True)
-            if key is not None:
-                before.add(key)
         self.deleted_keys = before - keys
         if self.deleted_keys:
             # Counted and reported only: applying them waits for the audience-model rules.
-            log.warning("file.deletions_seen", path=str(snap.path),
-                        previous=str(previous[-1].path), count=len(self.deleted_keys),
-                        sample=sorted(self.deleted_keys)[:10], applied=False)
+            log.warning("file.deletions_seen", path=str(snap.path), previous=where,
+                        count=len(self.deleted_keys), sample=sorted(self.deleted_keys)[:10],
+                        applied=False)
+
+    def _file_keys(self, snap: Snapshot) -> set[str]:
+        found: set[str] = set()
+        for line in self._lines(snap, quiet_until=_ALL):
+            key = self._key(line, found, quiet=True)
+            if key is not None:
+                found.add(key)
+        return found
+
+    def _keys_file(self) -> Path:
+        if self.settings.keys_file:
+            return Path(self.settings.keys_file).expanduser()
+        return self.path.with_name(f".{self.path.name}.keys")
+
+    def _remembered_keys(self, snap: Snapshot) -> set[str] | None:
+        """The keys of the snapshot read before ``snap`` (single-file mode); None if unknown."""
+        try:
+            lines = self._keys_file().read_text("utf-8").splitlines()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("file.keys_unreadable", path=str(self._keys_file()), error=str(exc))
+            return None
+        if not lines or lines[0] == snap.ident:
+            return None  # nothing remembered, or the same snapshot read again
+        return set(lines[1:])
+
+    def _remember_keys(self, snap: Snapshot, keys: set[str]) -> None:
+        """Keep ``snap``'s keys for the next snapshot's comparison (written atomically)."""
+        target = self._keys_file()
+        temporary = target.with_name(target.name + ".tmp")
+        try:
+            temporary.write_text("\n".join([snap.ident, *sorted(keys)]) + "\n", "utf-8")
+            temporary.replace(target)
+        except OSError as exc:
+            log.warning("file.keys_unwritable", path=str(target), error=str(exc))
 
     # parsing --------------------------------------------------------------------------------
     def _lines(self, snap: Snapshot, *, quiet_until: int) -> Iterator[_Line]:

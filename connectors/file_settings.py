@@ -36,6 +36,10 @@ class FileSourceSettings(ConnectorSettings):
         None, description="CSV field separator, one character (default ',' and TAB for .tsv)"
     )
     quotechar: str = Field('"', description="CSV quote character, one character")
+    keys_file: str | None = Field(
+        None, description="single-file mode: where the keys of the last snapshot read are kept, "
+        "to count deletions (default: .<file name>.keys beside the file)"
+    )
 
     @field_validator("path", "key", "pattern")
     @classmethod

@@ -143,3 +143,25 @@ def test_plan_reports_what_a_sync_would_send(pipeline: SourcePipeline) -> None:
     report = pipeline.job().plan()
     assert report.counts["created"] == 30
     assert pipeline.double.imports() == []
+
+
+def test_a_single_file_replaced_by_a_smaller_export_counts_its_deletions(tmp_path: Path) -> None:
+    """With one file path, the keys of the last export are kept beside it: 10 gone, 10 seen."""
+    path = tmp_path / "customers.csv"
+    path.write_text("\n".join(_csv(50)) + "\n", encoding="utf-8")
+    os.utime(path, ns=(10**9, 10**9))
+    settings = FileSourceSettings(connector="file", path=str(path), key="id")
+    first = FileConnector(settings)
+    assert len(list(first.read(None))) == 50
+    assert first.deleted_keys == set()
+    path.write_text("\n".join(_csv(50, skip=set(range(20, 30)))) + "\n", encoding="utf-8")
+    os.utime(path, ns=(2 * 10**9, 2 * 10**9))
+    second = FileConnector(settings)
+    with capture_logs() as logs:
+        assert len(list(second.read(None))) == 40
+    assert second.deleted_keys == {str(n) for n in range(20, 30)}
+    seen = next(e for e in logs if e["event"] == "file.deletions_seen")
+    assert (seen["count"], seen["applied"]) == (10, False)
+    again = FileConnector(settings)
+    assert len(list(again.read(None))) == 40
+    assert again.deleted_keys == set()  # the same export read again: nothing new is gone

@@ -8,10 +8,11 @@ Contract:
   previous snapshot is the folder's second-newest file; reading a snapshot from its start
   compares the two (both key sets are held in memory: a few dozen bytes a key) and leaves the
   result in ``deleted_keys``, logged as ``file.deletions_seen``. With a single ``path`` (a file
-  replaced by each export) the keys of the last snapshot read are kept in ``keys_file``
+  replaced by each export) the keys of the last two exports read are kept in ``keys_file``
   (default: ``.<name>.keys`` beside it; if it cannot be written, deletions go unseen and a
-  warning says why). **Until the audience-model issue lands they are only counted and
-  reported, not applied** (no contact leaves a list because of them).
+  warning says why), so that reading one export again reports the same deletions. **Until the
+  audience-model issue lands they are only counted and reported, not applied** (no contact
+  leaves a list because of them).
 - **Order.** ``cursor`` is ``"<snapshot>|<line>"``: the snapshot's modification time (ns) and
   name, then the record's physical line number (the last line of a multi-line CSV record), both
   zero-padded so that text order is file order. ``key`` is the key column's text. ``read(p)``
@@ -173,8 +174,7 @@ class FileConnector:
         """Count the keys the previous snapshot had and ``snap`` lacks (``deleted_keys``)."""
         self.deleted_keys = set()
         if self.path.is_file():
-            before, where = self._remembered_keys(snap), str(self._keys_file())
-            self._remember_keys(snap, keys)
+            before, where = self._remembered_keys(snap, keys), str(self._keys_file())
         else:
             previous = [s for s in self.snapshots() if s.ident < snap.ident]
             before, where = (self._file_keys(previous[-1]), str(previous[-1].path)) \
@@ -201,25 +201,37 @@ class FileConnector:
             return Path(self.settings.keys_file).expanduser()
         return self.path.with_name(f".{self.path.name}.keys")
 
-    def _remembered_keys(self, snap: Snapshot) -> set[str] | None:
-        """The keys of the snapshot read before ``snap`` (single-file mode); None if unknown."""
-        try:
-            lines = self._keys_file().read_text("utf-8").splitlines()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            log.warning("file.keys_unreadable", path=str(self._keys_file()), error=str(exc))
-            return None
-        if not lines or lines[0] == snap.ident:
-            return None  # nothing remembered, or the same snapshot read again
-        return set(lines[1:])
+    def _remembered_keys(self, snap: Snapshot, keys: set[str]) -> set[str] | None:
+        """Single-file mode: the keys of the export read before ``snap``, or None if unknown.
 
-    def _remember_keys(self, snap: Snapshot, keys: set[str]) -> None:
-        """Keep ``snap``'s keys for the next snapshot's comparison (written atomically)."""
+        ``keys_file`` keeps the keys of the last two exports read; reading ``snap`` again
+        (a dry run, a backfill) compares it with the same previous export as before.
+        """
+        remembered = self._load_keys()
+        current = remembered.get("current")
+        if current is None or current.get("ident") != snap.ident:
+            remembered = {"previous": current, "current": {"ident": snap.ident,
+                                                           "keys": sorted(keys)}}
+            self._store_keys(remembered)
+        previous = remembered.get("previous")
+        return set(previous["keys"]) if previous else None
+
+    def _load_keys(self) -> dict[str, Any]:
+        path = self._keys_file()
+        try:
+            loaded = orjson.loads(path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (OSError, orjson.JSONDecodeError) as exc:
+            log.warning("file.keys_unreadable", path=str(path), error=str(exc))
+            return {}
+        return loaded if isinstance(loaded, dict) else {}
+
+    def _store_keys(self, remembered: dict[str, Any]) -> None:
         target = self._keys_file()
         temporary = target.with_name(target.name + ".tmp")
         try:
-            temporary.write_text("\n".join([snap.ident, *sorted(keys)]) + "\n", "utf-8")
+            temporary.write_bytes(orjson.dumps(remembered))
             temporary.replace(target)
         except OSError as exc:
             log.warning("file.keys_unwritable", path=str(target), error=str(exc))

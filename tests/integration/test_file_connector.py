@@ -146,7 +146,7 @@ def test_plan_reports_what_a_sync_would_send(pipeline: SourcePipeline) -> None:
 
 
 def test_a_single_file_replaced_by_a_smaller_export_counts_its_deletions(tmp_path: Path) -> None:
-    """With one file path, the keys of the last export are kept beside it: 10 gone, 10 seen."""
+    """With one file path, the keys of past exports are kept beside it: 10 gone, 10 seen."""
     path = tmp_path / "customers.csv"
     path.write_text("\n".join(_csv(50)) + "\n", encoding="utf-8")
     os.utime(path, ns=(10**9, 10**9))
@@ -162,6 +162,6 @@ def test_a_single_file_replaced_by_a_smaller_export_counts_its_deletions(tmp_pat
     assert second.deleted_keys == {str(n) for n in range(20, 30)}
     seen = next(e for e in logs if e["event"] == "file.deletions_seen")
     assert (seen["count"], seen["applied"]) == (10, False)
-    again = FileConnector(settings)
+    again = FileConnector(settings)  # the same export read again (a plan, a backfill)
     assert len(list(again.read(None))) == 40
-    assert again.deleted_keys == set()  # the same export read again: nothing new is gone
+    assert again.deleted_keys == second.deleted_keys

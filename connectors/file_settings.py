@@ -37,7 +37,7 @@ class FileSourceSettings(ConnectorSettings):
     )
     quotechar: str = Field('"', description="CSV quote character, one character")
     keys_file: str | None = Field(
-        None, description="single-file mode: where the keys of the last snapshot read are kept, "
+        None, description="single-file mode: where the keys of the last two exports are kept, "
         "to count deletions (default: .<file name>.keys beside the file)"
     )
 

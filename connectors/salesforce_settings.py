@@ -20,6 +20,7 @@ from sync_service.connector import ConnectorSettings
 
 _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _VERSION = re.compile(r"^\d{2,3}\.\d$")
+_GENERIC_LOGIN_HOSTS = ("login.salesforce.com", "test.salesforce.com")
 ALWAYS = ("Id", "SystemModstamp", "IsDeleted")  # read whatever `fields` says
 
 
@@ -122,6 +123,10 @@ class SalesforceSettings(ConnectorSettings):
         if not keyed and self.client_secret is None:
             raise ValueError("set `client_secret` (client-credentials flow) or `username` with "
                              "`private_key`/`private_key_file` (JWT-bearer flow)")
+        if not keyed and self.login_url.split("://", 1)[-1] in _GENERIC_LOGIN_HOSTS:
+            raise ValueError("the client-credentials flow needs the org's My Domain as "
+                             "`login_url` (e.g. https://acme.my.salesforce.com); Salesforce does "
+                             f"not serve it on {self.login_url}")
         return self
 
     @property

@@ -74,6 +74,8 @@ def test_settings_need_one_complete_flow() -> None:
         _settings(fields=["Email", "Email, Name FROM User --"])
     with pytest.raises(ValidationError, match="relationship fields are not supported"):
         _settings(fields=["Email", "Account.Name"])
+    with pytest.raises(ValidationError, match="needs the org's My Domain"):
+        _settings(login_url="https://login.salesforce.com")
     assert _settings().flow == "client_credentials"
     sandbox = _settings(client_secret=None, private_key="k", username="u",
                         login_url="https://acme--dev.sandbox.my.salesforce.com")

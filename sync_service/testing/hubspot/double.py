@@ -30,6 +30,7 @@ in milliseconds, strictly increasing, unless a change gives ``at``.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import operator
 import random
@@ -130,6 +131,7 @@ class HubSpotDouble:
         self._last_ms = 0
         self._limited: list[str] = []
         self._unindexed: set[int] = set()
+        self._id_order: dict[bool, list[int]] = {}
         self._log: list[LoggedRequest] = []
         self._random = random.Random(self.seed)  # noqa: S311 - shuffles ties, not security
         self._app: ASGIApp | None = None
@@ -162,6 +164,7 @@ class HubSpotDouble:
             if extra:
                 props["hs_additional_emails"] = extra
             self._contacts[ident] = _Contact(ident, props, stamp, stamp)
+            self._id_order.clear()
             return ident
 
     def add_many(self, count: int, *, at: datetime | int | None = None,
@@ -177,6 +180,7 @@ class HubSpotDouble:
                                                 "lastname": f"Last{ident}"}
                 self._contacts[ident] = _Contact(ident, props, stamp, stamp)
                 made.append(ident)
+            self._id_order.clear()
             return made
 
     def update(self, contact_id: int, *, at: datetime | int | None = None,
@@ -190,6 +194,7 @@ class HubSpotDouble:
         """Delete a contact (HubSpot archives it; it leaves search, joins archived=true)."""
         with self.lock:
             self._contacts[contact_id].archived_at = self._stamp(at)
+            self._id_order.clear()
 
     def hold_from_search(self, *contact_ids: int) -> None:
         """Search does not find these contacts (their last edit is not indexed yet)."""
@@ -256,14 +261,21 @@ class HubSpotDouble:
         after = _int(params.get("after", "0"), "after")
         archived = params.get("archived", "false").lower() == "true"
         names = _names(params.get("properties"))
-        chosen = sorted(c.id for c in self._contacts.values()
-                        if c.id >= after and (c.archived_at is not None) == archived)
-        page = chosen[:limit]
+        ids = self._in_id_order(archived)
+        start = bisect.bisect_left(ids, after)
+        page = ids[start:start + limit]
         body: dict[str, Any] = {"results": [self._contacts[i].to_json(names) for i in page]}
-        if len(chosen) > limit:
-            body["paging"] = {"next": {"after": str(chosen[limit]),
-                                       "link": f"?after={chosen[limit]}"}}
+        if start + limit < len(ids):
+            following = ids[start + limit]
+            body["paging"] = {"next": {"after": str(following), "link": f"?after={following}"}}
         return body
+
+    def _in_id_order(self, archived: bool) -> list[int]:
+        """Active (or archived) ids in order, cached until a contact is added or archived."""
+        if archived not in self._id_order:
+            self._id_order[archived] = sorted(
+                c.id for c in self._contacts.values() if (c.archived_at is not None) == archived)
+        return self._id_order[archived]
 
     def _search(self, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):

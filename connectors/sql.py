@@ -40,6 +40,7 @@ Contract (see ``SqlSourceSettings`` for the keys):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -79,6 +80,9 @@ log = structlog.get_logger(__name__)
 _CONNECT_TIMEOUT_S = 10
 _FETCH_CHUNK = 500  # keys per IN list in fetch(); well under every engine's parameter limit
 _Condition = sa.ColumnElement[bool]
+# What PostgreSQL and MariaDB/MySQL say when they refuse a login.
+_REFUSED = re.compile(r"password authentication failed|role \"[^\"]*\" does not exist|"
+                      r"access denied for user", re.IGNORECASE)
 
 
 class SqlConnector:
@@ -105,12 +109,21 @@ class SqlConnector:
     # the protocol ---------------------------------------------------------------------------
     def check(self) -> None:
         """Connect, find the table or run the query (read-only), check every configured column,
-        that the cursor orders as one type and that the lookback fits it."""
-        with self._connection("checking") as conn:
-            shape = describe(conn, self.settings)
-            conn.execute(shape.select().limit(1)).close()  # run for real: a write fails here
-            check_cursor_order(conn, shape)
-            check_lookback(conn, shape, self.settings)
+        that the cursor orders as one type and that the lookback fits it.
+
+        Credentials the database refuses are a ``ConfigError`` naming ``source.url``.
+        """
+        try:
+            with self._connection("checking") as conn:
+                shape = describe(conn, self.settings)
+                conn.execute(shape.select().limit(1)).close()  # run for real: a write fails here
+                check_cursor_order(conn, shape)
+                check_lookback(conn, shape, self.settings)
+        except SourceError as exc:
+            if _REFUSED.search(str(exc)):
+                raise ConfigError(f"source.url: the database refused the credentials: {exc}"
+                                  ) from exc
+            raise
         log.info("sql.check_ok", source=shape.label, url=self._safe_url, columns=len(shape.names))
 
     def columns(self) -> tuple[str, ...]:

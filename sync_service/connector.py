@@ -11,13 +11,13 @@ hashes or the state store. A third-party package adds a connector by declaring::
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
-from sync_service.errors import ConfigError
+from sync_service.errors import ConfigError, SourceError
 from sync_service.models import Position, SourceRecord
 
 ENTRY_POINT_GROUP = "sync_service.connectors"
@@ -77,3 +77,40 @@ def load_connector(name: str) -> ConnectorFactory:
     except Exception as exc:  # a broken plugin must not crash config loading with a traceback
         raise ConfigError(f"connector {name!r} failed to load: {exc!r}") from exc
     return factory
+
+
+def in_order(records: Iterable[SourceRecord], connector: object) -> Iterator[SourceRecord]:
+    """Pass ``records`` through, failing the read if one is not strictly after the previous.
+
+    ``connector`` is the connector (named by its class) or its name.
+
+    The job's watermark assumes (cursor, key) order: a record behind the previous one could be
+    skipped on resumption, so it stops the run with a ``SourceError`` naming the connector. A
+    ``None`` cursor sorts first (the SQL connector's NULL-cursor phase).
+    """
+    name = connector if isinstance(connector, str) else type(connector).__name__
+    previous: SourceRecord | None = None
+    for record in records:
+        if previous is not None and not _after(record, previous):
+            raise SourceError(
+                f"connector {name} broke (cursor, key) order: record {record.key!r} at "
+                f"cursor {record.cursor!r} came after record {previous.key!r} at cursor "
+                f"{previous.cursor!r}; the run stops so that no record is skipped"
+            )
+        previous = record
+        yield record
+
+
+def _after(record: SourceRecord, previous: SourceRecord) -> bool:
+    """Whether ``record`` is strictly after ``previous`` in (cursor, key) order."""
+    try:
+        if (record.cursor is None) != (previous.cursor is None):
+            return previous.cursor is None
+        if record.cursor is not None and record.cursor != previous.cursor:
+            return bool(record.cursor > previous.cursor)
+        return bool(record.key > previous.key)
+    except TypeError as exc:
+        raise SourceError(
+            f"record {record.key!r} (cursor {record.cursor!r}) cannot be ordered after record "
+            f"{previous.key!r} (cursor {previous.cursor!r}): {exc}"
+        ) from exc

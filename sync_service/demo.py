@@ -1,6 +1,8 @@
-"""`mailtrap-sync demo`: a generated sample CRM in SQLite, synced into the local test double.
+"""`mailtrap-sync demo`: a generated sample CRM, synced into the local test double.
 
-It writes ``crm.db``, ``mailtrap-sync.toml`` and the state store into one folder, starts the
+The source is SQLite by default (``--source`` picks another: ``demo_sources()`` lists them; the
+CRM sources run their own local test double). It writes the source's data,
+``mailtrap-sync.toml`` and the state store into one folder, starts the
 Mailtrap test double as a real local HTTP server, and runs the real CLI code path three times:
 the first run creates every contact, the second sends exactly the rows edited in between, the
 third sends nothing. Nothing leaves the machine.
@@ -9,9 +11,8 @@ third sends nothing. Nothing leaves the machine.
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,6 +20,9 @@ import sqlalchemy as sa
 from rich.console import Console
 from rich.table import Table
 
+# The sample data and the shape of a demo source live in demo_data, shared with demo_sources.
+from sync_service.demo_data import EDITED, DemoSetup, DemoSource, edited_ids, sample_people
+from sync_service.errors import ConfigError
 from sync_service.job import RunResult, SyncJob
 from sync_service.logging import configure
 from sync_service.models import RunOutcome
@@ -26,11 +30,6 @@ from sync_service.settings import load_settings
 from sync_service.testing.mailtrap.double import DEFAULT_TOKEN, MailtrapDouble, serve
 from sync_service.wiring import EXIT_FAILED, EXIT_OK, build_client, open_store
 
-_FIRST = ("Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Tim")
-_LAST = ("Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson",
-         "Perlman", "Berners-Lee")
-_PLANS = ("free", "starter", "business", "enterprise")
-EDITED = 25
 CONFIG = """\
 [state]
 url = "sqlite:///{state}"
@@ -44,22 +43,35 @@ lists = ["Customers"]
 batch_size = 500
 
 [pipelines.source]
+{source}
+[pipelines.mapping]
+email = "{email}"
+
+[pipelines.mapping.fields]
+{fields}"""
+SQL_SOURCE = """\
 connector = "sql"
 url = "sqlite:///{crm}"
 table = "customers"
 key = "id"
 cursor = "updated_at"
-
-[pipelines.mapping]
-email = "email"
-
-[pipelines.mapping.fields]
+"""
+SQL_FIELDS = """\
 first_name = "first_name"
 last_name = "last_name"
 plan = "plan"
 seats = "seats"
 signed_up = "signed_up"
 """
+
+
+def _sql_setup(folder: Path, rows: int, _stack: ExitStack) -> DemoSource:
+    crm = folder / "crm.db"
+    crm.unlink(missing_ok=True)
+    make_sample_crm(crm, rows)
+    return DemoSource(SQL_SOURCE.format(crm=crm.resolve()), SQL_FIELDS,
+                      lambda count: edit_rows(crm, count), f"{rows} customers in {crm}")
+
 
 _metadata = sa.MetaData()
 _customers = sa.Table(
@@ -77,24 +89,10 @@ _customers = sa.Table(
 
 def make_sample_crm(path: Path, rows: int, *, seed: int = 7) -> None:
     """A `customers` table with ``rows`` people, a few of them with unusable emails."""
-    rng = random.Random(seed)  # noqa: S311 - sample data, not security
     engine = sa.create_engine(f"sqlite:///{path}")
-    start = datetime(2026, 1, 1)  # naive UTC, as the column holds it
     _metadata.create_all(engine)
     with engine.begin() as conn:
-        batch = []
-        for i in range(1, rows + 1):
-            first, last = rng.choice(_FIRST), rng.choice(_LAST)
-            email = f"{first}.{last}.{i}@example.com".lower()
-            if i % 400 == 0:
-                email = f"{first} at {last}"  # an unusable address: recorded, not sent
-            batch.append({
-                "id": i, "email": email, "first_name": first, "last_name": last,
-                "plan": rng.choice(_PLANS), "seats": rng.randint(1, 250),
-                "signed_up": (start - timedelta(days=rng.randint(0, 900))).date(),
-                "updated_at": start + timedelta(minutes=i),
-            })
-        conn.execute(_customers.insert(), batch)
+        conn.execute(_customers.insert(), sample_people(rows, seed=seed))
     engine.dispose()
 
 
@@ -103,20 +101,20 @@ def edit_rows(path: Path, count: int) -> None:
     engine = sa.create_engine(f"sqlite:///{path}")
     now = datetime.now(UTC).replace(tzinfo=None)
     with engine.begin() as conn:
-        for step, row_id in enumerate(range(3, 3 + count * 7, 7)):
+        for step, row_id in enumerate(edited_ids(count)):
             conn.execute(_customers.update().where(_customers.c.id == row_id).values(
                 plan="enterprise-plus", updated_at=now + timedelta(seconds=step)))
     engine.dispose()
 
 
-def _prepare(folder: Path, rows: int) -> Path:
+def _prepare(folder: Path, source: DemoSource) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("crm.db", "state.db", "state.db-wal", "state.db-shm"):
+    for name in ("state.db", "state.db-wal", "state.db-shm"):
         (folder / name).unlink(missing_ok=True)
-    make_sample_crm(folder / "crm.db", rows)
     config = folder / "mailtrap-sync.toml"
     config.write_text(CONFIG.format(state=(folder / "state.db").resolve(),
-                                    crm=(folder / "crm.db").resolve()))
+                                    source=source.source_toml, fields=source.fields_toml,
+                                    email=source.email_column))
     return config
 
 
@@ -152,26 +150,39 @@ def _demo_environment(base_url: str) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def run_demo(workdir: str, rows: int) -> int:
+def demo_sources() -> dict[str, DemoSetup]:
+    """Every source the demo can run from, by name."""
+    from sync_service.demo_sources import SETUPS  # noqa: PLC0415 - doubles load on demand
+
+    return {"sql": _sql_setup, **SETUPS}
+
+
+def run_demo(workdir: str, rows: int, source: str = "sql") -> int:
+    setups = demo_sources()
+    if source not in setups:
+        raise ConfigError(f"demo --source {source}: not available (choose from "
+                          f"{', '.join(sorted(setups))})")
     console = Console()
     configure(level="WARNING")  # the demo shows its own summary; problems still get logged
     folder = Path(workdir)
-    config = _prepare(folder, rows)
+    folder.mkdir(parents=True, exist_ok=True)
     double = MailtrapDouble()
     _seed_fields(double)
-    with serve(double) as base_url, _demo_environment(base_url):
+    with ExitStack() as stack, serve(double) as base_url, _demo_environment(base_url):
+        demo = setups[source](folder, rows, stack)
+        config = _prepare(folder, demo)
         settings = load_settings(config)
-        console.print(f"[bold]mailtrap-sync demo[/bold]: {rows} customers in {folder / 'crm.db'}"
-                      f", Mailtrap test double at {base_url}")
+        console.print(f"[bold]mailtrap-sync demo[/bold] from {source}: {demo.where}, "
+                      f"Mailtrap test double at {base_url}")
         store = open_store(settings)
         results = []
-        steps = [("first run", False), (f"second run, after editing {EDITED} rows", True),
+        steps = [("first run", False), (f"second run, after editing {EDITED} records", True),
                  ("third run, nothing changed", False)]
         try:
             with build_client(settings) as client:
                 for title, edit_first in steps:
                     if edit_first:
-                        edit_rows(folder / "crm.db", EDITED)
+                        demo.edit(EDITED)
                     job = SyncJob(settings=settings, pipeline=settings.pipelines[0],
                                   store=store, client=client)
                     results.append(job.run())

@@ -53,6 +53,10 @@ class Stopped(SyncError):
     """The run stops because it was asked to; it ends as interrupted and may be run again."""
 
 
+class RequestCancelled(Stopped):
+    """A wait (pacing permit, retry back-off) given up because the caller asked to stop."""
+
+
 class PipelineBusy(RetriableError):
     """Another process holds this pipeline's lease (try again later; the CLI exits 3)."""
 
@@ -114,7 +118,7 @@ class MailtrapAuthError(MailtrapError, FatalError):
     """401/403: the token is wrong or lacks access to the account."""
 
 
-class MailtrapCancelled(MailtrapError, Stopped):
+class MailtrapCancelled(MailtrapError, RequestCancelled):
     """A wait (permit, back-off, poll) given up because the caller asked to stop."""
 
 
@@ -144,3 +148,59 @@ class MailtrapUnreachable(MailtrapRetriable):
     Retried like any passing fault, but only for ``mailtrap.unreachable_timeout`` seconds in
     all; the error that ends the wait names the URL.
     """
+
+
+# --- crm branch: errors of the shared HTTP toolkit (sync_service.httpkit) and the connectors ---
+class ApiError(SourceError):
+    """An answer from a source's API that the connector did not expect; fatal for the run.
+
+    ``api`` names the vendor ("HubSpot"), ``status`` and ``body`` are the answer's.
+    """
+
+    def __init__(self, message: str, *, api: str = "", status: int | None = None,
+                 body: object = None) -> None:
+        super().__init__(message)
+        self.api = api
+        self.status = status
+        self.body = body
+
+
+class ApiRetriable(RetriableError):
+    """A passing fault of a source's API (5xx, 408, timeout, dropped connection): retried."""
+
+    def __init__(self, message: str, *, api: str = "", status: int | None = None,
+                 body: object = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.api = api
+        self.status = status
+        self.body = body
+        self.retry_after = retry_after
+
+
+class ApiUnreachable(ApiRetriable):
+    """A source's API could not be reached at all (connection refused, DNS, connect timeout);
+    retried for at most the client's unreachable budget, then named with its URL."""
+
+
+class ApiRateLimited(ApiRetriable):
+    """The API said "slow down" (its own way: 429, Salesforce's 403 REQUEST_LIMIT_EXCEEDED)."""
+
+
+class ApiLimitExhausted(ApiRetriable):
+    """A long limit is used up (HubSpot's DAILY policy): not retried within the run."""
+
+
+class ApiAuthError(ApiError):
+    """The API refused the credentials (wrong token, missing scope)."""
+
+
+class ApiTokenExpired(ApiAuthError):
+    """The access token expired; the client fetches a new one and repeats the request once."""
+
+
+class ApiNotFound(ApiError):
+    """404 for something the connector asked for."""
+
+
+class ApiCancelled(RequestCancelled):
+    """A source API wait given up on a stop request; nothing more was sent."""

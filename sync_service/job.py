@@ -31,7 +31,7 @@ from typing import Any
 
 import structlog
 
-from sync_service.connector import Connector, load_connector
+from sync_service.connector import Connector, in_order, load_connector
 from sync_service.delivery import BatchBuilder, Courier, Sink, count_change
 from sync_service.diff import Change, Differ
 from sync_service.errors import ConfigError, Interrupted, PipelineBusy, Stopped, SyncError
@@ -120,7 +120,7 @@ class SyncJob:
             differ = Differ(self.build_mapper(create_lists=True), resend=resend)
             since = None if kind is RunKind.BACKFILL else self.store.get_watermark(self.name)
             with self.open_connector() as connector:
-                self._scan(connector.read(since), differ, run)
+                self._scan(in_order(connector.read(since), connector), differ, run)
             run.finish()
 
         return self._execute(kind, body)

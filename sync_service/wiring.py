@@ -21,9 +21,9 @@ import structlog
 from sync_service.errors import ConfigError
 from sync_service.logging import register_secret
 from sync_service.mailtrap.client import MailtrapClient
-from sync_service.mailtrap.pacing import Pacer
 from sync_service.models import ImportResult
 from sync_service.observers import RequestObserver
+from sync_service.pacing import Pacer
 from sync_service.settings import AppSettings
 from sync_service.state import StateStore
 

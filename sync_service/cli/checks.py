@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
+from itertools import islice
 
 from sync_service.cli.render import check_line
-from sync_service.errors import ConfigError, SyncError
+from sync_service.errors import ConfigError, RecordError, SyncError
 from sync_service.job import PlanReport, SyncJob
 from sync_service.logging import redact
 from sync_service.settings import AppSettings, PipelineSettings
@@ -64,6 +65,26 @@ def _mapping(job: SyncJob) -> str:
     return f"list ids {list(mapper.list_ids)}{missing}"
 
 
-def _source(job: SyncJob) -> str:
-    with job.open_connector():
-        return "reachable"
+def _source(job: SyncJob, sample: int = 3) -> str:
+    """"reachable", or what the connector says of itself (``describe()``, e.g. API usage), and
+    the first ``sample`` records as the contacts they would become."""
+    with job.open_connector() as connector:
+        describe = getattr(connector, "describe", None)
+        said = str(describe()) if callable(describe) else "reachable"
+        records = list(islice(connector.read(None), sample))
+    if not records:
+        return f"{said}; the source holds no record"
+    try:
+        mapper = job.build_mapper(create_lists=False)
+    except ConfigError:  # already reported by the "lists and fields" check
+        return f"{said}; sample keys: " + ", ".join(r.key_str for r in records)
+    shown = []
+    for record in records:
+        try:
+            contact = mapper.contact(record.values)
+        except RecordError as exc:
+            shown.append(f"key {record.key_str}: not sendable ({exc.reason})")
+            continue
+        fields = ", ".join(f"{k}={v}" for k, v in sorted(contact.fields.items()))
+        shown.append(f"{contact.email}" + (f" ({fields})" if fields else ""))
+    return f"{said}; sample: " + "; ".join(shown)

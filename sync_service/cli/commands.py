@@ -333,11 +333,13 @@ def run(ctx: click.Context) -> None:
 @click.option("--dir", "workdir", type=click.Path(file_okay=False), default="mailtrap-sync-demo",
               show_default=True, help="where the sample CRM, config and state are written")
 @click.option("--contacts", default=2_000, show_default=True, help="rows in the sample CRM")
-def demo(workdir: str, contacts: int) -> None:
+@click.option("--source", default="sql", show_default=True,
+              help="sample CRM: sql, file, hubspot, salesforce or pipedrive (a local double)")
+def demo(workdir: str, contacts: int, source: str) -> None:
     """Sync a generated sample CRM into a local Mailtrap test double, three times."""
     from sync_service.demo import run_demo  # noqa: PLC0415 - demo-only dependencies
 
-    sys.exit(run_demo(workdir, contacts))
+    sys.exit(run_demo(workdir, contacts, source))
 
 
 def main() -> None:

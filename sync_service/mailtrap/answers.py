@@ -9,12 +9,9 @@ and how answer bodies become values (imports, lists, per-contact 422 errors).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
-import orjson
 
 from sync_service.errors import (
     MailtrapAuthError,
@@ -24,6 +21,7 @@ from sync_service.errors import (
     MailtrapUnexpectedAnswer,
     MailtrapValidationError,
 )
+from sync_service.httpkit import json_body, retry_after
 from sync_service.models import ImportResult
 
 IMPORT_STATUSES = ("created", "started", "finished", "failed")
@@ -33,10 +31,7 @@ MAX_RETRY_AFTER = 120.0  # seconds; no window of Mailtrap's is longer than 60 s
 def raise_for(method: str, url: str, response: httpx.Response) -> Any:
     """The one place that decides what an HTTP status means (and what is retriable)."""
     status = response.status_code
-    try:
-        body: Any = orjson.loads(response.content) if response.content else None
-    except orjson.JSONDecodeError:
-        body = response.text[:500]
+    body: Any = json_body(response)
     if 200 <= status < 300:
         if isinstance(body, str):
             raise MailtrapUnexpectedAnswer(f"{method} {url}: answer is not JSON", status=status,
@@ -87,20 +82,7 @@ def _contact_errors(body: Any) -> dict[str, list[str]]:
 
 def _retry_after(response: httpx.Response) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date), capped; else None."""
-    value = (response.headers.get("Retry-After") or "").strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            moment = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        seconds = (moment - datetime.now(UTC)).total_seconds()
-    return min(max(0.0, seconds), MAX_RETRY_AFTER)
+    return retry_after(response, MAX_RETRY_AFTER)
 
 
 def items(data: Any, what: str) -> list[dict[str, Any]]:

@@ -1,5 +1,8 @@
 """A synchronous client for the parts of Mailtrap's contacts API that mailtrap-sync uses.
 
+Built on the shared HTTP toolkit (``sync_service.httpkit``) with Mailtrap's own policy
+(``MailtrapPolicy``): the machinery below is the toolkit's, the meaning of answers is Mailtrap's.
+
 It knows nothing of the state store. It takes an injected ``httpx`` transport, paces every
 request under Mailtrap's limits, retries what is retriable with exponential backoff and jitter
 (tenacity), and turns every answer it did not expect into a ``MailtrapError``.
@@ -25,49 +28,66 @@ Paths are account-scoped: ``/api/accounts/{account_id}/contacts/...``.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import httpx
-import orjson
 import structlog
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
-from tenacity.stop import stop_base
 
-from sync_service import __version__
+from sync_service import httpkit
 from sync_service.errors import (
     ConfigError,
     FatalError,
     MailtrapAuthError,
     MailtrapNotFound,
-    MailtrapRateLimited,
     MailtrapRetriable,
     MailtrapUnexpectedAnswer,
     MailtrapUnreachable,
 )
 from sync_service.errors import MailtrapCancelled as MailtrapCancelled  # noqa: PLC0414 - old home
 from sync_service.mailtrap.answers import as_object, import_result, items, raise_for
-from sync_service.mailtrap.pacing import Pacer
 from sync_service.models import ImportResult
+from sync_service.pacing import Pacer
 
 log = structlog.get_logger(__name__)
-STOP_CHECK_S = 0.2  # how often a wait looks at should_stop
-ResponseHook = Callable[[str, int], None]
-StopCheck = Callable[[], bool]
-# The stop check of the code running in this thread (see ``MailtrapClient.stoppable``).
-_should_stop: ContextVar[StopCheck | None] = ContextVar("mailtrap_should_stop", default=None)
+STOP_CHECK_S = httpkit.STOP_CHECK_S  # how often a wait looks at should_stop
+ResponseHook = httpkit.ResponseHook
+StopCheck = httpkit.StopCheck
+
+
+@dataclass(frozen=True)
+class MailtrapPolicy(httpkit.ApiPolicy):
+    """Mailtrap's answers are decided by ``answers.raise_for``; its errors are Mailtrap's own."""
+
+    api: str = "Mailtrap"
+    config_key: str = "mailtrap.api_url"
+    retry_event: str = "mailtrap.retry"
+    unreachable_key: str = "mailtrap.unreachable_timeout"
+
+    def answer(self, method: str, url: str, response: httpx.Response) -> Any:
+        return raise_for(method, url, response)
+
+    def transport_failure(self, message: str) -> Exception:
+        return MailtrapRetriable(message)
+
+    def cancelled(self, message: str) -> Exception:
+        return MailtrapCancelled(message)
+
+    def unreachable(self, message: str) -> Exception:
+        return MailtrapUnreachable(message)
+
+    def is_unreachable(self, exc: BaseException | None) -> bool:
+        return isinstance(exc, MailtrapUnreachable)
+
+    def retry_in_call(self, exc: BaseException) -> bool:
+        return isinstance(exc, MailtrapRetriable)
+
+    def expired(self, exc: BaseException) -> bool:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,29 +124,17 @@ class MailtrapClient:
         unreachable_timeout: float = 60.0,
         connect_timeout: float = 10.0,
     ) -> None:
-        self._base_url = base_url
-        self._unreachable_timeout = unreachable_timeout
-        self._http = httpx.Client(
-            base_url=base_url,
-            transport=transport,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, connect_timeout)),
-            headers={
-                "Authorization": f"Bearer {token}",
-                "Accept": "application/json",
-                "User-Agent": f"mailtrap-sync/{__version__}",
-            },
+        self._api = httpkit.JsonClient(
+            policy=MailtrapPolicy(), base_url=base_url, transport=transport, timeout=timeout,
+            headers={"Authorization": f"Bearer {token}"}, pacer=pacer,
+            max_retries=max_retries, retry_initial=retry_initial, retry_max=retry_max,
+            on_response=on_response, sleep=sleep, unreachable_timeout=unreachable_timeout,
+            connect_timeout=connect_timeout,
         )
         self._account_id = account_id
-        self._pacer = pacer
-        self._retries = max_retries
-        self._jitter = retry_initial * 2
-        self._wait = wait_exponential_jitter(multiplier=retry_initial, max=retry_max,
-                                             jitter=self._jitter)
-        self._on_response = on_response
-        self._sleep = sleep
 
     def close(self) -> None:
-        self._http.close()
+        self._api.close()
 
     def __enter__(self) -> MailtrapClient:
         return self
@@ -137,11 +145,8 @@ class MailtrapClient:
     @contextmanager
     def stoppable(self, should_stop: StopCheck) -> Iterator[None]:
         """Within the block (in this thread), waits give up once ``should_stop()`` is true."""
-        token = _should_stop.set(should_stop)
-        try:
+        with httpkit.stoppable(should_stop):
             yield
-        finally:
-            _should_stop.reset(token)
 
     # accounts -----------------------------------------------------------------------------
     def accounts(self) -> list[dict[str, Any]]:
@@ -184,7 +189,7 @@ class MailtrapClient:
     def create_list(self, name: str) -> ContactList:
         """Create a list; a retry first re-lists, in case the failed attempt created it."""
         url, account = self._url("/contacts/lists"), self.account_id
-        for attempt in self._retrying():
+        for attempt in self._api.retrying():
             with attempt:
                 if attempt.retry_state.attempt_number > 1:
                     found = next((item for item in self.lists() if item.name == name), None)
@@ -233,7 +238,7 @@ class MailtrapClient:
         Each poll is retried like any request. Raises MailtrapRetriable if the import is still
         running after ``timeout`` seconds (its batch stays posted; a later run polls it again).
         """
-        stop = should_stop or _should_stop.get() or (lambda: False)
+        stop = should_stop or httpkit.current_stop() or (lambda: False)
         deadline = time.monotonic() + timeout
         while True:
             result = self.get_import(import_id)
@@ -242,7 +247,7 @@ class MailtrapClient:
             if time.monotonic() + interval > deadline:
                 raise MailtrapRetriable(f"import {import_id} still {result.status} after "
                                         f"{timeout:.0f}s")
-            if not self._pause(interval, stop):
+            if not self._api.pause(interval, stop):
                 return None
             interval = min(interval * 1.5, max_interval)
 
@@ -265,115 +270,13 @@ class MailtrapClient:
     def _url(self, path: str, *, scoped: bool = True) -> str:
         return f"/api/accounts/{self.account_id}{path}" if scoped else path
 
-    def _retrying(self) -> Retrying:
-        return Retrying(
-            stop=stop_after_attempt(self._retries + 1) | _UnreachableFor(self._unreachable_timeout),
-            wait=self._backoff,
-            retry=retry_if_exception_type(MailtrapRetriable),
-            before_sleep=_log_retry,
-            sleep=self._backoff_sleep,
-            retry_error_callback=self._give_up,
-        )
-
-    def _give_up(self, state: RetryCallState) -> Any:
-        """Re-raise the last error; an unreachable Mailtrap is named with its URL and the wait."""
-        error = state.outcome.exception() if state.outcome else None
-        if isinstance(error, MailtrapUnreachable):
-            raise MailtrapUnreachable(
-                f"Mailtrap at {self._base_url} cannot be reached ({error}); gave up after "
-                f"{state.seconds_since_start or 0.0:.0f}s and {state.attempt_number} attempts "
-                "(mailtrap.unreachable_timeout)"
-            ) from error
-        if error is not None:
-            raise error
-        raise AssertionError("tenacity gave up without an error")  # pragma: no cover
-
     def _request(
         self, method: str, path: str, *, group: str, json: Any = None, scoped: bool = True
     ) -> Any:
         url = self._url(path, scoped=scoped)
         account = self.account_id if scoped else None
-        for attempt in self._retrying():
-            with attempt:
-                return self._send(method, url, group=group, json=json, account=account)
-        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+        return self._api.request(method, url, json=json, group=group, pace_key=account)
 
     def _send(self, method: str, url: str, *, group: str, json: Any, account: int | None) -> Any:
-        stop = _should_stop.get()
-        taken = None if self._pacer is None else self._pacer.acquire(account, stop)
-        if self._pacer is not None and taken is None:
-            raise MailtrapCancelled(f"{method} {url}: not sent, stop requested")
-        try:
-            response = self._exchange(method, url, group=group, json=json)
-        finally:
-            if self._pacer is not None and taken is not None:
-                self._pacer.settle(account, taken, stop)
-        self._record(group, response.status_code)
-        return raise_for(method, url, response)
-
-    def _exchange(self, method: str, url: str, *, group: str, json: Any) -> httpx.Response:
-        """One HTTP exchange; transport failures become MailtrapRetriable (or ConfigError)."""
-        content = orjson.dumps(json) if json is not None else None
-        headers = {"Content-Type": "application/json"} if content is not None else None
-        try:
-            return self._http.request(method, url, content=content, headers=headers)
-        except httpx.UnsupportedProtocol as exc:
-            raise ConfigError(f"mailtrap.api_url: {exc}") from exc
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            self._record(group, 0)
-            raise MailtrapUnreachable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
-        except httpx.TimeoutException as exc:
-            self._record(group, 0)
-            raise MailtrapRetriable(f"{method} {url}: timed out") from exc
-        except httpx.TransportError as exc:
-            self._record(group, 0)
-            raise MailtrapRetriable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
-
-    def _record(self, group: str, status: int) -> None:
-        if self._on_response is not None:
-            self._on_response(group, status)
-
-    def _backoff(self, state: RetryCallState) -> float:
-        wait = float(self._wait(state))
-        error = state.outcome.exception() if state.outcome else None
-        if isinstance(error, MailtrapRateLimited) and error.retry_after is not None:
-            # Honour Mailtrap's word, with jitter so that waiting clients do not return at once.
-            return max(wait, error.retry_after + random.uniform(0, self._jitter))  # noqa: S311
-        if isinstance(error, MailtrapUnreachable):  # never sleep past the unreachable budget
-            left = self._unreachable_timeout - (state.seconds_since_start or 0.0)
-            return max(0.0, min(wait, left))
-        return wait
-
-    def _backoff_sleep(self, seconds: float) -> None:
-        if not self._pause(seconds, _should_stop.get()):
-            raise MailtrapCancelled(f"stop requested during a {seconds:.1f}s retry back-off")
-
-    def _pause(self, seconds: float, should_stop: StopCheck | None) -> bool:
-        """Sleep ``seconds``, looking at ``should_stop`` as it goes; False if it said stop."""
-        if should_stop is None:
-            self._sleep(seconds)
-            return True
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            if should_stop():
-                return False
-            self._sleep(min(STOP_CHECK_S, left))
-        return not should_stop()
-
-
-class _UnreachableFor(stop_base):
-    """Stop once Mailtrap has been unreachable for ``seconds`` since the first attempt."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        error = retry_state.outcome.exception() if retry_state.outcome else None
-        return (isinstance(error, MailtrapUnreachable)
-                and (retry_state.seconds_since_start or 0.0) >= self.seconds)
-
-
-def _log_retry(state: RetryCallState) -> None:
-    error = state.outcome.exception() if state.outcome else None
-    log.warning("mailtrap.retry", attempt=state.attempt_number, error=str(error),
-                wait_s=round(state.upcoming_sleep, 2))
+        """One paced attempt, no retry (``create_list`` runs its own retry loop)."""
+        return self._api.send(method, url, json=json, group=group, pace_key=account).body

@@ -22,8 +22,8 @@ from sync_service.__main__ import cli
 from sync_service.cli.state_view import status_rows
 from sync_service.job import SyncJob
 from sync_service.mailtrap.client import MailtrapClient
-from sync_service.mailtrap.pacing import Pacer
 from sync_service.models import BatchStatus, RunKind, RunOutcome
+from sync_service.pacing import Pacer
 from sync_service.settings import AppSettings
 from sync_service.testing.mailtrap.double import (
     DEFAULT_TOKEN,

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import pytest
 from pydantic import ValidationError
 
-from sync_service.mailtrap import pacing
+from sync_service import pacing
 from sync_service.mailtrap.client import MailtrapClient
-from sync_service.mailtrap.pacing import Pacer, window_ms
+from sync_service.pacing import Pacer, window_ms
 from sync_service.settings import PacingSettings
 from sync_service.testing.mailtrap.double import MailtrapDouble, RateLimits
 from sync_service.units import Rate

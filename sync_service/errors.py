@@ -89,3 +89,10 @@ class MailtrapValidationError(MailtrapError):
     ) -> None:
         super().__init__(message, status=status, body=body)
         self.contact_errors = contact_errors or {}
+
+
+# --- exact (issue 7) ---
+
+
+class LeaseLost(StateError):
+    """The run no longer holds its pipeline's lease (fenced): it may neither post nor commit."""

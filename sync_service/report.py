@@ -17,7 +17,7 @@ from rich.table import Table
 from sync_service.errors import StateError, SyncError
 from sync_service.job import PlanReport, RunResult, SyncJob
 from sync_service.logging import redact
-from sync_service.models import Position, StoredContact
+from sync_service.models import Position, Rejection, StoredContact
 from sync_service.runtime import build_client
 from sync_service.settings import AppSettings, PipelineSettings
 from sync_service.state import BatchRecord, RejectionRecord, RunRecord, StateStore
@@ -51,6 +51,12 @@ class ReadOnlyState:
 
     def get_owners(self, pipeline: str, emails: Sequence[str]) -> dict[str, str]:
         return {} if self.empty else self.store.get_owners(pipeline, emails)
+
+    def get_holders(self, pipeline: str, emails: Sequence[str]) -> dict[str, list[str]]:
+        return {} if self.empty else self.store.get_holders(pipeline, emails)
+
+    def get_rejections(self, pipeline: str, keys: Sequence[str]) -> dict[str, Rejection]:
+        return {} if self.empty else self.store.get_rejections(pipeline, keys)
 
 
 def print_plan(plan: PlanReport) -> None:

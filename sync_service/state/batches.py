@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from sync_service.errors import StateError
-from sync_service.models import BatchStatus, ChangeKind, ImportEntry, ImportResult
+from sync_service.models import BatchStatus, ChangeKind, ImportEntry, ImportResult, RejectKind
 from sync_service.state import sql
 from sync_service.state.records import BatchRecord, batch_from_row
 from sync_service.state.tables import batch_contacts, batches, contacts, rejections
@@ -160,7 +160,11 @@ def _check_entries(entries: Sequence[ImportEntry]) -> None:
 
 
 def _clear_confirmed_rejections(conn: Connection, batch_id: int, pipeline: str) -> None:
-    """Rejections of keys this batch confirmed are resolved; most pipelines have none at all."""
+    """Rejections of keys this batch confirmed are resolved; most pipelines have none at all.
+
+    A duplicated source key is not: the row confirmed is the earlier one, the later one is still
+    refused (the job clears that rejection once the source has one row for the key).
+    """
     any_rejection = sa.select(rejections.c.source_key).where(
         rejections.c.pipeline == pipeline).limit(1)
     if conn.execute(any_rejection).first() is None:
@@ -168,7 +172,9 @@ def _clear_confirmed_rejections(conn: Connection, batch_id: int, pipeline: str) 
     confirmed = sa.exists().where(
         bc.c.batch_id == batch_id, bc.c.source_key == rejections.c.source_key,
         bc.c.hash.is_not(None))
-    conn.execute(sa.delete(rejections).where(rejections.c.pipeline == pipeline, confirmed))
+    conn.execute(sa.delete(rejections).where(
+        rejections.c.pipeline == pipeline, confirmed,
+        rejections.c.kind != RejectKind.DUPLICATE_KEY.value))
 
 
 def _hashed_keys(batch_id: int) -> sa.Select[tuple[str]]:

@@ -157,6 +157,9 @@ rejections = sa.Table(
     sa.Column("first_seen", UtcDateTime, nullable=False),
     sa.Column("last_seen", UtcDateTime, nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False),
+    # MAILTRAP rejections: the hash of the contact Mailtrap refused (not posted again until the
+    # row changes or an operator asks).
+    sa.Column("hash", sa.String(HASH_LENGTH), nullable=True),
     sa.Index(None, "run_id"),
 )
 
@@ -167,4 +170,6 @@ leases = sa.Table(
     sa.Column("owner", sa.String(OWNER_LENGTH), nullable=False),
     sa.Column("acquired_at", UtcDateTime, nullable=False),
     sa.Column("expires_at", UtcDateTime, nullable=False),
+    # The fencing token: grows each time the lease changes hands (see state/leases.py).
+    sa.Column("generation", sa.BigInteger, nullable=False, server_default="0"),
 )

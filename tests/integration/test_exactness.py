@@ -4,14 +4,18 @@ a run, and ends with Mailtrap's list equal to the source after at most two syncs
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
 
+from sync_service.errors import StateError
+from sync_service.job import RunResult, SyncJob
 from sync_service.mailtrap.double import MailtrapDouble
-from sync_service.models import RejectKind
+from sync_service.models import RejectKind, RunOutcome
+from sync_service.state import StateStore
 from tests.support.openapi import ValidatingTransport
-from tests.support.people import PIPELINE, People, PeopleHarness, small_pages
+from tests.support.people import PIPELINE, People, PeopleHarness, _Editor, small_pages
 
 pytestmark = pytest.mark.usefixtures(small_pages.__name__)
 
@@ -171,3 +175,47 @@ def test_duplicate_rechecked_when_owner_moves_away_in_a_later_run(h: PeopleHarne
     h.sync(during={1: [lambda: src.update(1, email="moved@example.com")]})
     h.assert_exact()
     assert h.store.count_rejections(PIPELINE) == 0
+
+
+class _NoRenewal(StateStore):
+    """A state store whose lease renewals fail, as when the holder is cut off from it."""
+
+    def renew_lease(self, pipeline: str, owner: str, ttl_seconds: float,
+                    generation: int | None = None) -> bool:
+        raise StateError("renewal refused by the test")
+
+
+def test_stale_run_is_fenced_after_a_takeover(h: PeopleHarness) -> None:
+    """Renewals fail for lease_ttl, a second run takes over and syncs: the stale run posts and
+    commits nothing more, and Mailtrap equals the source."""
+    src = _seed(h)
+    for key in (1, 2, 3, 4):
+        src.update(key, first_name="Stale")
+    stale_store = _NoRenewal.from_url(h.state_url)
+    settings = h.settings()
+    imports_before = len(h.double.imports())
+    newer: list[RunResult] = []
+
+    def take_over() -> None:
+        time.sleep(1.3)  # the stale run's lease (ttl 1 s) expires; its renewals keep failing
+        for key in (1, 2, 3, 4):
+            src.update(key, first_name="Newer")
+        newer.append(h.job().run())
+
+    stale = SyncJob(settings=settings, pipeline=settings.pipelines[0], store=stale_store,
+                    client=h.client(), lease_ttl=1.0, observer=_Editor({1: [take_over]}))
+    try:
+        result = stale.run()
+    finally:
+        stale_store.close()
+    assert newer[0].outcome is RunOutcome.SUCCEEDED, newer[0].error
+    assert result.outcome is RunOutcome.FAILED
+    assert result.error is not None
+    assert "lease" in result.error
+    # Every import after the takeover is the newer run's; none carries the stale value.
+    assert len(h.double.imports()) == imports_before + newer[0].counts["imports"]
+    h.assert_exact()
+    edited = {f"user{key}@example.com" for key in (1, 2, 3, 4)}
+    assert {v["first_name"] for k, v in h.listed().items() if k in edited} == {"Newer"}
+    runs = {r.id: r for r in h.store.list_runs(PIPELINE)}
+    assert runs[newer[0].run_id].outcome is RunOutcome.SUCCEEDED  # type: ignore[index]

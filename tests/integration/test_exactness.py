@@ -219,3 +219,70 @@ def test_stale_run_is_fenced_after_a_takeover(h: PeopleHarness) -> None:
     assert {v["first_name"] for k, v in h.listed().items() if k in edited} == {"Newer"}
     runs = {r.id: r for r in h.store.list_runs(PIPELINE)}
     assert runs[newer[0].run_id].outcome is RunOutcome.SUCCEEDED  # type: ignore[index]
+
+
+def test_refused_contact_is_not_posted_again_until_its_row_changes(h: PeopleHarness) -> None:
+    """A 422-refused contact inside the lookback window is not re-posted on every run; it is
+    when its row changes, or on retry."""
+    h.lookback = "1d"  # every run re-reads every row
+    src = _seed(h)
+    src.update(2, first_name="Refused")
+    h.double.faults.reject_emails = {"user2@example.com"}
+    h.sync()
+    assert [r.kind for r in h.store.list_rejections(PIPELINE)] == [RejectKind.MAILTRAP]
+    posts = len(h.double.imports())
+    again = h.sync()
+    assert len(h.double.imports()) == posts  # nothing posted: the row still holds that value
+    assert again.counts["still_refused"] == 1
+    h.double.faults.reject_emails = set()
+    retried = h.job().retry_rejected()
+    assert retried.outcome is RunOutcome.SUCCEEDED, retried.error
+    h.assert_exact()
+    assert h.store.count_rejections(PIPELINE) == 0
+
+
+def test_refused_contact_goes_out_when_its_row_changes(h: PeopleHarness) -> None:
+    """The refused hash is remembered per value: a changed row is posted at once."""
+    h.lookback = "1d"
+    src = _seed(h)
+    src.update(2, first_name="Refused")
+    h.double.faults.reject_emails = {"user2@example.com"}
+    h.sync()
+    h.double.faults.reject_emails = set()
+    src.update(2, first_name="Fixed")
+    h.sync()
+    h.assert_exact()
+    assert h.store.count_rejections(PIPELINE) == 0
+
+
+@pytest.fixture
+def loose(sqlite_url: str, double: MailtrapDouble,
+          mailtrap_transport: ValidatingTransport) -> Iterator[PeopleHarness]:
+    """A source table without a unique key (two rows may share an id)."""
+    harness = PeopleHarness(double, mailtrap_transport,  # type: ignore[arg-type]
+                            People(sqlite_url, unique_key=False),
+                            sqlite_url.replace(".db", "-state.db"), fetch_size=2)
+    yield harness
+    harness.close()
+
+
+def test_duplicate_source_key_rejects_the_later_row_not_the_run(loose: PeopleHarness) -> None:
+    """Two rows with one key: the first is synced, the later one is rejected as duplicate_key,
+    the other rows are synced, and later runs keep it that way (issue 8, case 2)."""
+    src = _src(loose)
+    for key in (1, 2, 3, 4):
+        src.insert(key, f"user{key}@example.com")
+    src.insert(1, "other@example.com", "Twin")
+    loose.lookback = "1d"
+    for _ in range(2):
+        loose.sync()
+        assert set(loose.listed()) == {f"user{k}@example.com" for k in (1, 2, 3, 4)}
+        rejected = loose.store.list_rejections(PIPELINE)
+        assert [(r.source_key, r.kind) for r in rejected] == [("1", RejectKind.DUPLICATE_KEY)]
+        assert "2 rows" in rejected[0].reason
+    with src.engine.begin() as conn:  # the duplicate is removed from the source
+        conn.execute(src.table.delete().where(src.table.c.first_name == "Twin"))
+    src.update(1, first_name="Single")
+    loose.sync()
+    assert loose.listed()["user1@example.com"] == {"first_name": "Single"}
+    assert loose.store.count_rejections(PIPELINE) == 0

@@ -19,7 +19,7 @@ from sync_service.errors import StateError
 from sync_service.models import BatchStatus, ChangeKind, ImportEntry, ImportResult, RejectKind
 from sync_service.state import sql
 from sync_service.state.records import BatchRecord, batch_from_row
-from sync_service.state.tables import batch_contacts, batches, contacts, rejections
+from sync_service.state.tables import batch_contacts, batches, contacts, encode_text, rejections
 
 OPEN = (BatchStatus.PENDING, BatchStatus.POSTED)
 CLOSING = (BatchStatus.FAILED, BatchStatus.ABANDONED)
@@ -53,12 +53,14 @@ def record(
 
 def _copy_rows(conn: Connection, rows: Sequence[tuple[object, ...]]) -> None:
     # COPY, on the same connection and so in the same transaction: 50,000 rows take a third of
-    # the time of psycopg's pipelined executemany (measured 0.7 s against 2 s).
+    # the time of psycopg's pipelined executemany (measured 0.7 s against 2 s). COPY bypasses
+    # the column types, so emails and keys are encoded here as SafeText would.
     names = ", ".join(column.name for column in _ROW_COLUMNS)
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     with cursor.copy(f"COPY {bc.name} ({names}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(row)
+        for batch_id, email, key, kind, hash_ in rows:
+            copy.write_row((batch_id, encode_text(str(email)), encode_text(str(key)), kind,
+                            hash_))
 
 
 def load(conn: Connection, batch_id: int, *, lock: bool = False) -> BatchRecord:

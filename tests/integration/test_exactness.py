@@ -286,3 +286,43 @@ def test_duplicate_source_key_rejects_the_later_row_not_the_run(loose: PeopleHar
     loose.sync()
     assert loose.listed()["user1@example.com"] == {"first_name": "Single"}
     assert loose.store.count_rejections(PIPELINE) == 0
+
+
+class _CodedHarness(PeopleHarness):
+    table_name = "accounts"
+    key_column = "code"
+
+
+@pytest.mark.postgres
+def test_nul_in_email_and_text_key_with_a_postgres_state_store(
+        sqlite_url: str, pg_url: str, double: MailtrapDouble,
+        mailtrap_transport: ValidatingTransport) -> None:
+    """A NUL byte in an email or a text key does not fail the run on a PostgreSQL state store:
+    the email's row is rejected naming its key, the key's row is synced and its state kept
+    (issue 8, case 4)."""
+    import sqlalchemy as sa
+
+    source = sa.create_engine(sqlite_url)
+    with source.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE accounts (code TEXT PRIMARY KEY, email TEXT, "
+                             "first_name TEXT, deleted BOOLEAN NOT NULL, updated_at DATETIME)"))
+        conn.execute(sa.text("INSERT INTO accounts VALUES (:c, :e, 'F', 0, :t)"), [
+            {"c": "a\x00b", "e": "key@example.com", "t": "2026-03-01 12:00:00.000000"},
+            {"c": "plain", "e": "bad\x00@example.com", "t": "2026-03-01 12:00:01.000000"},
+            {"c": "ok", "e": "ok@example.com", "t": "2026-03-01 12:00:02.000000"}])
+    source.dispose()
+    h = _CodedHarness(double, mailtrap_transport, People.__new__(People), pg_url)
+    h.source.url = sqlite_url
+    h.source.engine = sa.create_engine(sqlite_url)
+    try:
+        for _ in range(2):
+            result = h.job().run()
+            assert result.outcome is RunOutcome.SUCCEEDED, result.error
+        assert set(h.listed()) == {"key@example.com", "ok@example.com"}
+        assert set(h.store.get_contacts(PIPELINE, ["a\x00b", "ok"])) == {"a\x00b", "ok"}
+        rejected = h.store.list_rejections(PIPELINE)
+        assert [(r.source_key, r.email, r.kind) for r in rejected] == [
+            ("plain", "bad\x00@example.com", RejectKind.INVALID_EMAIL)]
+        assert result.counts.get("created", 0) == 0  # the second run found nothing new
+    finally:
+        h.close()

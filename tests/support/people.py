@@ -109,6 +109,9 @@ class _Editor:
 class PeopleHarness(Harness):
     """``Harness`` over ``People``: soft deletes on, one text field, small pages."""
 
+    table_name = "people"
+    key_column = "id"
+
     def settings(self) -> AppSettings:
         return AppSettings(
             state={"url": self.state_url},
@@ -116,8 +119,9 @@ class PeopleHarness(Harness):
                       "max_retries": 6},
             pipelines=[{
                 "name": PIPELINE, "lists": self.lists, "batch_size": self.batch_size,
-                "source": {"connector": "sql", "url": self.source.url, "table": "people",
-                           "key": "id", "cursor": "updated_at", "lookback": self.lookback,
+                "source": {"connector": "sql", "url": self.source.url,
+                           "table": self.table_name, "key": self.key_column,
+                           "cursor": "updated_at", "lookback": self.lookback,
                            "fetch_size": self.fetch_size, "deleted_column": "deleted"},
                 "mapping": {"email": "email", "fields": {"first_name": "first_name"}},
             }],

@@ -22,6 +22,7 @@ A failed import is posted again, then in halves, at most ``MAX_IMPORT_FAILURES``
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -97,7 +98,7 @@ class Courier:
                     log.warning("recovery.import_unknown", batch_id=batch.id,
                                 import_id=batch.import_id)
                     continue
-                self._settle(batch.id, final, None)
+                self._settle(batch.id, final, None, sent=batch.size)
             else:
                 self.store.fail_batch(batch.id, "never got an import id; contacts are re-read "
                                       "from the source", status=BatchStatus.ABANDONED)
@@ -128,7 +129,7 @@ class Courier:
                 continue
             last = not parts
             if self._settle(batch_id, self._wait(import_id), watermark if last else None,
-                            forget if last else ()):
+                            forget if last else (), sent=len(part)):
                 continue
             failures += 1
             if failures >= MAX_IMPORT_FAILURES:
@@ -156,7 +157,9 @@ class Courier:
         """Record the keys whose entries Mailtrap named; the entries left to post again."""
         named = _named_emails(exc.contact_errors, part)
         if not named:
+            self._quota_refusal(batch_id, part, {"": [str(exc.body)]})
             raise _Unattributed(str(exc), part)
+        self._quota_refusal(batch_id, part, named)
         keys = {e.source_key for e in part if e.email in named}
         dropped = [e for e in part if e.source_key in keys]
         self.store.record_rejections(self.name, self.run_id, [
@@ -201,10 +204,11 @@ class Courier:
         return final
 
     def _settle(self, batch_id: int, final: ImportResult, watermark: Position | None,
-                forget: Sequence[str] = ()) -> bool:
+                forget: Sequence[str] = (), *, sent: int) -> bool:
         """Commit a finished import; record a failed one. True when committed."""
         over = final.contacts_over_limit_count or 0
         if final.status == "finished" and over == 0:
+            self._check_counts(batch_id, final, sent)
             self.store.confirm_batch(batch_id, final, watermark, forget)
             self.confirmed.add(final.id)
             _add(self.counts, "imports", 1)
@@ -224,6 +228,42 @@ class Courier:
         _add(self.counts, "imports_failed", 1)
         log.warning("import.failed", batch_id=batch_id, import_id=final.id)
         return False
+
+
+    def _check_counts(self, batch_id: int, final: ImportResult, sent: int) -> None:
+        """ImportFailed when Mailtrap accounts for fewer contacts than were sent."""
+        if final.created_contacts_count is None or final.updated_contacts_count is None:
+            return
+        told = (final.created_contacts_count + final.updated_contacts_count
+                + (final.contacts_over_limit_count or 0))
+        if told >= sent:
+            return
+        reason = (f"import {final.id} finished with created {final.created_contacts_count} + "
+                  f"updated {final.updated_contacts_count} + over limit "
+                  f"{final.contacts_over_limit_count or 0} = {told} of {sent} contacts sent: "
+                  f"{sent - told} are unaccounted for, so nothing of this batch is confirmed "
+                  "and its contacts go out again on the next run")
+        self.store.fail_batch(batch_id, reason)
+        _add(self.counts, "unaccounted", sent - told)
+        log.error("import.unaccounted", batch_id=batch_id, import_id=final.id, sent=sent,
+                  accounted=told)
+        raise ImportFailed(reason)
+
+    def _quota_refusal(self, batch_id: int, part: Sequence[ImportEntry],
+                       named: dict[str, list[str]]) -> None:
+        """ImportFailed when a 422 says, for every contact it names, that the quota is full."""
+        reasons = [r for found in named.values() for r in found]
+        if not reasons or not all(_QUOTA.search(r) for r in reasons):
+            return
+        reason = (f"Mailtrap's contact quota is full (422: {reasons[0]}); nothing of this "
+                  "batch is confirmed, and it is sent again when there is room")
+        self.store.fail_batch(batch_id, reason)
+        _add(self.counts, "over_limit", len(part))
+        log.error("import.over_limit", batch_id=batch_id, over_limit=len(part))
+        raise ImportFailed(reason)
+
+
+_QUOTA = re.compile(r"contacts?\b.*\blimit|\blimit\b.*\bcontacts?", re.IGNORECASE)
 
 
 def _named_emails(errors: dict[str, list[str]],

@@ -183,6 +183,11 @@ class _Api:
 
     async def imports(self, request: Request) -> Response:
         def operation(c: _Call) -> tuple[int, Json]:
+            if self.d.faults.quota_422:
+                contacts_sent = c.payload["contacts"]
+                raise ApiError(422, {"errors": [
+                    {"email": item["email"], "errors": {"base": ["contacts limit reached"]}}
+                    for item in contacts_sent]})
             job = contacts.create_import(
                 self.s, c.account, c.payload, self.d._rejected_emails(), self.d.clock()
             )
@@ -195,7 +200,11 @@ class _Api:
             job = contacts.poll_import(
                 self.s, c.account, c.params["import_id"], self.d.clock(), self.d._import_fails
             )
-            return 200, job.to_json()
+            body = job.to_json()
+            if job.status == "finished" and self.d.faults.uncounted:
+                body["updated_contacts_count"] = max(
+                    0, job.updated_count - self.d.faults.uncounted)
+            return 200, body
 
         return await self._run(request, operation)
 

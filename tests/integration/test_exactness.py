@@ -326,3 +326,40 @@ def test_nul_in_email_and_text_key_with_a_postgres_state_store(
         assert result.counts.get("created", 0) == 0  # the second run found nothing new
     finally:
         h.close()
+
+
+def test_a_422_saying_the_contact_limit_is_reached_is_over_quota(h: PeopleHarness) -> None:
+    """Every contact refused for the contacts limit: no rejections, nothing confirmed, the run
+    fails saying the quota is full, and the next run sends everything once there is room."""
+    src = _src(h)
+    for key in range(1, 5):
+        src.insert(key, f"user{key}@example.com")
+    h.double.faults.quota_422 = True
+    full = h.job().run()
+    assert full.outcome is RunOutcome.FAILED
+    assert full.error is not None
+    assert "quota" in full.error
+    assert h.store.count_rejections(PIPELINE) == 0
+    assert h.store.get_watermark(PIPELINE) is None
+    h.double.faults.quota_422 = False
+    h.sync()
+    h.assert_exact()
+
+
+def test_an_import_that_accounts_for_fewer_contacts_commits_nothing(h: PeopleHarness) -> None:
+    """created + updated + over_limit below the contacts sent: the batch is not confirmed, the
+    run says how many are unaccounted for, and the next run sends them again."""
+    src = _seed(h)
+    for key in (1, 2, 3):
+        src.update(key, first_name="Edited")
+    h.double.faults.uncounted = 1
+    short = h.job().run()
+    assert short.outcome is RunOutcome.FAILED
+    assert short.error is not None
+    assert "1 are unaccounted for" in short.error
+    assert short.counts["unaccounted"] == 1
+    stored = h.store.get_contacts(PIPELINE, ["1"])["1"]
+    h.double.faults.uncounted = 0
+    h.sync()
+    h.assert_exact()
+    assert h.store.get_contacts(PIPELINE, ["1"])["1"].hash != stored.hash

@@ -42,6 +42,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
+from connectors.sql_cursor import numeric_cursor_without_lookback, pin_session_time_zone
 from connectors.sql_settings import SqlSourceSettings
 from connectors.sql_source import SourceShape, describe, probe_key_type, reason
 from connectors.sql_values import coerce, lookback_start
@@ -82,6 +83,8 @@ class SqlConnector:
             shape = describe(conn, self.settings)
             conn.execute(shape.select().limit(0)).close()
         log.info("sql.check_ok", source=shape.label, url=self._safe_url, columns=len(shape.names))
+        with self._connection("checking") as conn:
+            numeric_cursor_without_lookback(conn, shape, self.settings)
 
     def read(self, since: Position | None) -> Iterator[SourceRecord]:
         """Stream records after ``since`` (all of them when None) in (cursor, key) order."""
@@ -262,10 +265,23 @@ class SqlConnector:
 
 def _after(shape: SourceShape, cursor: Any, key: Any) -> _Condition:
     """Rows strictly after (cursor, key) in (cursor, key) order."""
+    bound = _in_column_precision(shape, cursor)
     condition: _Condition = sa.or_(
-        shape.cursor > cursor, sa.and_(shape.cursor == cursor, shape.key > key)
+        shape.cursor > bound, sa.and_(shape.cursor == bound, shape.key > key)
     )
     return condition
+
+
+def _in_column_precision(shape: SourceShape, cursor: Any) -> Any:
+    """A float cursor, cast to its column's type before comparing.
+
+    A single-precision value (PostgreSQL ``real``, MariaDB ``FLOAT``) comes back as its shortest
+    decimal (0.1), which as a double is below the stored value: compared as a double, every row
+    holding it would be "after" it, and a full page of equal values would be read forever.
+    """
+    if shape.cursor_type is float and not isinstance(shape.cursor.type, sa.types.NullType):
+        return sa.cast(sa.literal(cursor, sa.Float()), shape.cursor.type)
+    return cursor
 
 
 def _create_engine(url: URL, safe_url: str) -> Engine:
@@ -277,6 +293,8 @@ def _create_engine(url: URL, safe_url: str) -> Engine:
     if backend in ("postgresql", "mysql", "mariadb") and "connect_timeout" not in url.query:
         kwargs["connect_args"] = {"connect_timeout": _CONNECT_TIMEOUT_S}
     try:
-        return sa.create_engine(url, **kwargs)
+        engine = sa.create_engine(url, **kwargs)
     except (sa.exc.ArgumentError, ImportError) as exc:
         raise ConfigError(f"cannot use source URL {safe_url}: {exc}") from exc
+    pin_session_time_zone(engine)
+    return engine

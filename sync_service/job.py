@@ -147,7 +147,7 @@ class SyncJob:
             differ = Differ(self.build_mapper(create_lists=True), resend=resend)
             since = None if kind is RunKind.BACKFILL else self.store.get_watermark(self.name)
             with self.open_connector() as connector:
-                self._scan(connector.read(since), differ, run)
+                self._scan(connector.read(since), differ, run, connector=connector)
                 run.finish()
                 self._recheck_duplicates(connector, differ, run)
 
@@ -160,7 +160,7 @@ class SyncJob:
             keys = [r.source_key for r in self.store.list_rejections(self.name)]
             differ = Differ(self.build_mapper(create_lists=True), resend=True)
             with self.open_connector() as connector:
-                self._scan(connector.fetch(keys), differ, run)
+                self._scan(connector.fetch(keys), differ, run, connector=connector)
                 run.finish()
 
         return self._execute(RunKind.RETRY, body, advance=False)
@@ -173,7 +173,7 @@ class SyncJob:
         sink = _Counter(report, self.pipeline.batch_size, sample)
         with self.open_connector() as connector:
             records = connector.read(state.get_watermark(self.name))
-            self._scan(records, Differ(mapper), sink, state=state)
+            self._scan(records, Differ(mapper), sink, state=state, connector=connector)
         report.imports = sink.imports()
         return report
 
@@ -302,10 +302,8 @@ class SyncJob:
         connector = factory(self.pipeline.source)
         try:
             connector.check()
-            self._connector = connector
             yield connector
         finally:
-            self._connector = None
             connector.close()
 
     def build_mapper(self, *, create_lists: bool, report: PlanReport | None = None) -> Mapper:
@@ -341,9 +339,13 @@ class SyncJob:
 
     # reading and deciding -----------------------------------------------------------------
     def _scan(
-        self, records: Iterable[SourceRecord], differ: Differ, sink: Sink, *, state: Any = None
+        self, records: Iterable[SourceRecord], differ: Differ, sink: Sink, *, state: Any = None,
+        connector: Connector | None = None,
     ) -> None:
+        """Read, decide and hand changes to ``sink``; ``connector`` is asked for the current
+        rows of keys whose ownership or uniqueness is in doubt."""
         state = state or self.store
+        self._connector = connector
         checked = False
         for chunk in chunked(records, READ_CHUNK):
             self.check_stop()
@@ -448,7 +450,7 @@ class SyncJob:
             return
         log.info("duplicates.released", count=len(released))
         run.advance = False  # fetched rows are not in cursor order: the watermark stays put
-        self._scan(connector.fetch(released), differ, run)
+        self._scan(connector.fetch(released), differ, run, connector=connector)
         run.finish()
 
     def _check_columns(self, record: SourceRecord) -> None:

@@ -422,13 +422,17 @@ class SyncJob:
         still live in the source."""
         keys = [m.record.key_str for m in mapped]
         stored: dict[str, StoredContact] = state.get_contacts(self.name, keys)
-        claimed = {m.contact.email: m.record.key_str for m in mapped if m.contact is not None}
+        claimed: dict[str, set[str]] = {}
+        for m in mapped:
+            if m.contact is not None:
+                claimed.setdefault(m.contact.email, set()).add(m.record.key_str)
         left = [s.email for s in stored.values()]
         holders: dict[str, list[str]] = state.get_holders(self.name, [*claimed, *left])
         found: dict[str, Rejection] = state.get_rejections(self.name, keys)
         rejections = {k: OnRecord(r.kind, r.hash) for k, r in found.items()}
-        suspects = {k for email, claimant in claimed.items() for k in holders.get(email, ())
-                    if k != claimant and k not in pending.keys}
+        # A holder read in this stretch with the address still has it; any other is checked.
+        suspects = {k for email, claimants in claimed.items() for k in holders.get(email, ())
+                    if k not in claimants and k not in pending.keys}
         return View(stored=stored, holders=holders, rejections=rejections,
                     live=self._live_addresses(sorted(suspects), differ))
 

@@ -14,7 +14,13 @@ job tells it what was sent and what Mailtrap confirmed, and the store keeps thes
 - **Failure leaves hashes alone**: ``fail_batch`` (FAILED or ABANDONED) never touches contacts,
   so everything in the batch looks unsent and goes out again.
 - **One holder per pipeline** (invariant 7): leases are taken in a single race-free statement
-  against the database's clock (see ``leases``).
+  against the database's clock (see ``leases``). A run writes through ``fenced(Fence(...))``:
+  every write transaction first checks that the lease still carries the run's generation and
+  raises ``LeaseLost`` otherwise, so a stale holder commits nothing. ``holder_lock`` is the lock
+  that tells a newcomer whether the lease's holder is still alive.
+- **Addresses belong to live keys** (invariant 9): ``get_holders`` leaves tombstones out, and
+  ``released_duplicates`` finds keys refused as duplicates whose address nobody holds any more.
+- **Any text is kept**: keys, emails and reasons are ``SafeText`` (NUL escaped; see ``tables``).
 - **Bounded memory** (invariant 5): look-ups by key or email go in chunks of ``sql.IN_CHUNK``.
 - **Rejections are kept with their reason** (invariant 8) until a later confirmation of the
   same key, or an operator, clears them.

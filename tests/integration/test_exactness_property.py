@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from sync_service.mailtrap.double import MailtrapDouble
 from sync_service.models import RunOutcome
+from tests.conftest import PG_ENV, _fresh_database, _server_url
 from tests.support.double_fixtures import validating_transport
 from tests.support.people import People, PeopleHarness, _Editor, small_pages
 
@@ -76,6 +77,31 @@ def _sync(h: PeopleHarness, edits: list[tuple[int, Edit]]) -> None:
             edit_now()
 
 
+def _until_quiet(state_url: str, source_url: str, runs: list[list[tuple[int, Edit]]]) -> None:
+    double = MailtrapDouble()
+    transport = validating_transport(double)
+    h = PeopleHarness(double, transport, People(source_url),  # type: ignore[arg-type]
+                      state_url, fetch_size=2)
+    try:
+        src = h.source
+        assert isinstance(src, People)
+        for key in range(1, 5):
+            src.insert(key, EMAILS[key - 1])
+        for edits in runs:
+            _sync(h, edits)
+        for _ in range(4):
+            writes = sum(r.is_write for r in double.requests())
+            _sync(h, [])
+            if sum(r.is_write for r in double.requests()) == writes:
+                break
+        else:
+            pytest.fail("syncs never went quiet")
+        h.assert_exact()
+    finally:
+        h.close()
+        transport.close()
+
+
 @settings(max_examples=30, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(runs=_runs)
@@ -84,25 +110,19 @@ def test_syncing_until_quiet_makes_mailtrap_equal_the_source(runs: list[list[tup
     """Random edits between pages of several syncs: after syncs until quiet, list == source."""
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / uuid.uuid4().hex}.db"
-        double = MailtrapDouble()
-        transport = validating_transport(double)
-        h = PeopleHarness(double, transport, People(url),  # type: ignore[arg-type]
-                          url.replace(".db", "-state.db"), fetch_size=2)
-        try:
-            src = h.source
-            assert isinstance(src, People)
-            for key in range(1, 5):
-                src.insert(key, EMAILS[key - 1])
-            for edits in runs:
-                _sync(h, edits)
-            for _ in range(4):
-                writes = sum(r.is_write for r in double.requests())
-                _sync(h, [])
-                if sum(r.is_write for r in double.requests()) == writes:
-                    break
-            else:
-                pytest.fail("syncs never went quiet")
-            h.assert_exact()
-        finally:
-            h.close()
-            transport.close()
+        _until_quiet(url.replace(".db", "-state.db"), url, runs)
+
+
+@pytest.mark.postgres
+@settings(max_examples=10, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(runs=_runs)
+def test_the_same_with_the_state_in_postgres(runs: list[list[tuple[int, Edit]]]) -> None:
+    """The same property with the state store on PostgreSQL (a fresh database per example)."""
+    databases = _fresh_database(_server_url(PG_ENV, "PostgreSQL"), isolation="AUTOCOMMIT")
+    state = next(databases)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            _until_quiet(state, f"sqlite:///{Path(tmp) / uuid.uuid4().hex}.db", runs)
+    finally:
+        databases.close()

@@ -65,10 +65,10 @@ def child(args: argparse.Namespace) -> int:
     from sync_service.job import SyncJob
     from sync_service.logging import configure
     from sync_service.mailtrap.client import MailtrapClient
-    from sync_service.mailtrap.double import DEFAULT_ACCOUNT_ID, DEFAULT_TOKEN
     from sync_service.mapping import _domain_problem  # its cache is the one thing that grows
     from sync_service.models import RunOutcome
     from sync_service.state import StateStore
+    from sync_service.testing.mailtrap.double import DEFAULT_ACCOUNT_ID, DEFAULT_TOKEN
 
     configure(level="WARNING")
     cfg = settings(source=Path(args.source), state_url=f"sqlite:///{args.state}",
@@ -102,7 +102,7 @@ def child(args: argparse.Namespace) -> int:
 
 
 def measure(n: int, source: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from sync_service.mailtrap.double import serve
+    from sync_service.testing.mailtrap.double import serve
 
     state = tmp / f"state-{n}.db"
     command = [sys.executable, __file__, "--child", "--source", str(source), "--state", str(state),

@@ -61,12 +61,12 @@ from sync_service.diff import Differ
 from sync_service.job import SyncJob
 from sync_service.logging import configure
 from sync_service.mailtrap.client import MailtrapClient
-from sync_service.mailtrap.double import DEFAULT_ACCOUNT_ID, DEFAULT_TOKEN
-from sync_service.mailtrap.double_rules import is_valid_email
-from sync_service.mailtrap.transport import InProcessTransport
 from sync_service.mapping import _domain_problem
 from sync_service.models import RunKind, RunOutcome
 from sync_service.state import StateStore
+from sync_service.testing.mailtrap.double import DEFAULT_ACCOUNT_ID, DEFAULT_TOKEN
+from sync_service.testing.mailtrap.rules import is_valid_email
+from sync_service.testing.mailtrap.transport import InProcessTransport
 
 API_URL = "https://mailtrap.bench"
 RUNS = (("first sync", RunKind.SYNC), ("no-change sync", RunKind.SYNC),

@@ -292,7 +292,7 @@ def settings(*, source: Path, state_url: str, api_url: str, batch_size: int) -> 
 def fast_double() -> Any:
     """A Mailtrap double that is not the bottleneck: imports finish on their first status poll,
     no rate limits (the client is not paced either), with the pipeline's custom fields."""
-    from sync_service.mailtrap.double import ImportPolicy, MailtrapDouble, RateLimits
+    from sync_service.testing.mailtrap.double import ImportPolicy, MailtrapDouble, RateLimits
 
     double = MailtrapDouble(import_policy=ImportPolicy(polls_to_finish=1),
                             rate_limits=RateLimits(account_requests=None, token_requests=None))

@@ -4,8 +4,8 @@
 look-ups, ``POST .../contacts/imports`` (answered ``created``, keeping only the contact count) and
 ``GET .../contacts/imports/{id}`` (answered ``finished`` with that count as created contacts).
 Its memory is a few integers per import, so a process syncing through it measures the syncing
-code alone. Use ``sync_service.mailtrap.double.MailtrapDouble`` for anything that must behave like
-Mailtrap (validation, 422s, rate limits, state).
+code alone. Use ``sync_service.testing.mailtrap.double.MailtrapDouble`` for anything that
+must behave like Mailtrap (validation, 422s, rate limits, state).
 """
 
 from __future__ import annotations

@@ -42,12 +42,13 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
-from connectors.sql_cursor import numeric_cursor_without_lookback, pin_session_time_zone
-from connectors.sql_settings import SqlSourceSettings
-from connectors.sql_source import SourceShape, describe, probe_key_type, reason
-from connectors.sql_values import coerce, lookback_start
 from sync_service.errors import ConfigError, SourceError
 from sync_service.models import Position, SourceRecord
+
+from .sql_cursor import numeric_cursor_without_lookback, pin_session_time_zone
+from .sql_settings import SqlSourceSettings
+from .sql_source import SourceShape, describe, probe_key_type, reason
+from .sql_values import coerce, lookback_start
 
 __all__ = ["SqlConnector", "SqlSourceSettings"]
 
@@ -118,15 +119,6 @@ class SqlConnector:
             chunk = typed[start:start + _FETCH_CHUNK]
             stmt = shape.select().where(shape.key.in_(chunk)).order_by(shape.key)
             yield from self._run_page(stmt, shape, "fetching")
-
-    def estimate(self, since: Position | None) -> int:
-        """How many records ``read(since)`` would yield (one COUNT query; for progress bars)."""
-        shape = self._describe("counting")
-        typed = self._typed(shape, since)
-        stmt = (sa.select(sa.func.count()).select_from(shape.selectable)
-                .where(shape.key.is_not(None), self._range(shape, typed)))
-        with self._connection("counting") as conn:
-            return int(conn.execute(stmt).scalar_one())
 
     def close(self) -> None:
         """Dispose of the engine and its pooled connections."""

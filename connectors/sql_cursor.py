@@ -19,8 +19,8 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Connection, Engine
 
-from connectors.sql_settings import SqlSourceSettings
-from connectors.sql_source import SourceShape
+from .sql_settings import SqlSourceSettings
+from .sql_source import SourceShape
 
 log = structlog.get_logger(__name__)
 

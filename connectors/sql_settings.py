@@ -7,7 +7,6 @@ named columns exist is only known with a connection; ``SqlConnector.check()`` ve
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -16,11 +15,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from sync_service.connector import ConnectorSettings
+from sync_service.units import duration_parts, parse_duration
 
 Lookback = timedelta | int | float
 
-_DURATION = re.compile(r"^(?P<amount>\d+(?:\.\d+)?)\s*(?P<unit>[smhd]?)$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _LOOKBACK_HELP = (
     "lookback must be a duration such as '30s', '5m', '1h' or '1d', a plain number (seconds for "
     "a temporal cursor, cursor units for a numeric one), or 0 to disable"
@@ -46,13 +44,13 @@ def parse_lookback(value: Any) -> Lookback | None:
         return value
     if not isinstance(value, str):
         raise ValueError(f"{_LOOKBACK_HELP}; got {value!r}")
-    match = _DURATION.match(value.strip().lower())
-    if match is None:
+    parts = duration_parts(value)
+    if parts is None:
         raise ValueError(f"{_LOOKBACK_HELP}; got {value!r}")
-    amount = float(match["amount"]) if "." in match["amount"] else int(match["amount"])
-    if not match["unit"]:
+    amount, unit = parts
+    if unit is None:
         return amount
-    return timedelta(seconds=amount * _UNIT_SECONDS[match["unit"]])
+    return timedelta(seconds=parse_duration(value))
 
 
 class SqlSourceSettings(ConnectorSettings):

@@ -21,10 +21,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
 
-from connectors.sql_settings import SqlSourceSettings
-from connectors.sql_values import is_deleted
 from sync_service.errors import ConfigError, SourceError
 from sync_service.models import SourceRecord
+
+from .sql_settings import SqlSourceSettings
+from .sql_values import is_deleted
 
 _RAW_CURSOR = "_mts_raw_cursor"
 _MAX_LISTED = 40

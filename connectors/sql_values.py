@@ -14,8 +14,9 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from connectors.sql_settings import Lookback
 from sync_service.errors import ConfigError
+
+from .sql_settings import Lookback
 
 DEFAULT_TEMPORAL_LOOKBACK = timedelta(minutes=5)
 _FALSE_WORDS = frozenset({"", "0", "false", "f", "no", "n"})

@@ -22,7 +22,9 @@ from sync_service.errors import ConfigError, PipelineBusy, SyncError
 from sync_service.job import RunResult, SyncJob
 from sync_service.logging import configure, redact
 from sync_service.models import RunKind, RunOutcome
-from sync_service.runtime import (
+from sync_service.settings import AppSettings, PipelineSettings, load_settings
+from sync_service.state import StateStore
+from sync_service.wiring import (
     EXIT_BUSY,
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -32,8 +34,6 @@ from sync_service.runtime import (
     open_store,
     stop_on_signals,
 )
-from sync_service.settings import AppSettings, PipelineSettings, load_settings
-from sync_service.state import StateStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -25,14 +25,21 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import structlog
 
 from sync_service.diff import Change, Pending
-from sync_service.errors import MailtrapNotFound, MailtrapValidationError, SyncError
+from sync_service.errors import ImportFailed as ImportFailed  # noqa: PLC0414 - old home
+from sync_service.errors import Interrupted as Interrupted  # noqa: PLC0414 - old home
+from sync_service.errors import (
+    MailtrapNotFound,
+    MailtrapValidationError,
+    MappingRejected,
+    SyncError,
+)
 from sync_service.mailtrap.client import MailtrapClient
-from sync_service.mapping import MappingRejected, normalise_email
+from sync_service.mapping import normalise_email
 from sync_service.models import (
     BatchStatus,
     ChangeKind,
@@ -42,22 +49,12 @@ from sync_service.models import (
     Rejection,
     RejectKind,
 )
+from sync_service.observers import RunObserver
 from sync_service.settings import MailtrapSettings
 from sync_service.state import StateStore
 
-if TYPE_CHECKING:
-    from sync_service.job import RunObserver
-
 log = structlog.get_logger(__name__)
 MAX_IMPORT_FAILURES = 4
-
-
-class Interrupted(SyncError):
-    """The run stopped on request (or lost its lease) between two steps."""
-
-
-class ImportFailed(SyncError):
-    """An import kept failing after its retries, or hit the contact quota; nothing of it counts."""
 
 
 class _Unattributed(SyncError):

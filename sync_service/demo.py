@@ -19,10 +19,10 @@ from rich.table import Table
 
 from sync_service.job import RunResult, SyncJob
 from sync_service.logging import configure
-from sync_service.mailtrap.double import DEFAULT_TOKEN, MailtrapDouble, serve
 from sync_service.models import RunOutcome
-from sync_service.runtime import EXIT_FAILED, EXIT_OK, build_client, open_store
 from sync_service.settings import load_settings
+from sync_service.testing.mailtrap.double import DEFAULT_TOKEN, MailtrapDouble, serve
+from sync_service.wiring import EXIT_FAILED, EXIT_OK, build_client, open_store
 
 _FIRST = ("Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Tim")
 _LAST = ("Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson",

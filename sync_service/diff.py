@@ -33,7 +33,8 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from sync_service.mapping import Mapper, MappingRejected, contact_hash
+from sync_service.errors import MappingRejected
+from sync_service.mapping import Mapper, contact_hash
 from sync_service.models import (
     ChangeKind,
     Contact,

@@ -1,14 +1,28 @@
-"""The project's errors, grouped by how a caller reacts to them.
+"""The project's errors, every one of them, grouped by how a caller reacts to them.
+
+The reaction groups (each error below subclasses exactly one of them):
 
 - ``ConfigError``: the operator must change configuration; the CLI exits 2.
-- ``RetriableError``: a passing fault (429, 5xx, timeout, dropped connection); try again later.
-- ``FatalError``: the run cannot go on (bad token, missing account, source unreachable).
-- ``RecordError``: one record cannot be sent; it is recorded with its reason and the run goes on.
+- ``RetriableError``: a passing fault (429, 5xx, timeout, dropped connection, a busy lease); the
+  same call may succeed later.
+- ``FatalError``: the run cannot go on and fails (bad token, missing account, source unreachable,
+  an import that kept failing); nothing more is sent.
+- ``RecordError``: one record is refused; it is recorded as rejected with its reason and the run
+  goes on (a row that cannot be mapped, contacts Mailtrap refused with a 422).
+- ``Stopped``: the run stops early because it was asked to (signal, lost lease); it ends as
+  interrupted, not failed.
 
 Third-party exceptions (httpx, SQLAlchemy) are translated where they enter, with ``raise ... from``.
+Errors that used to live elsewhere are still importable from their old modules (``delivery``,
+``mapping``, ``mailtrap.client``), which re-export them from here.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sync_service.models import RejectKind
 
 
 class SyncError(Exception):
@@ -35,8 +49,20 @@ class StateError(FatalError):
     """The state store failed or holds something it should not."""
 
 
-class PipelineBusy(SyncError):
-    """Another process holds this pipeline's lease."""
+class Stopped(SyncError):
+    """The run stops because it was asked to; it ends as interrupted and may be run again."""
+
+
+class PipelineBusy(RetriableError):
+    """Another process holds this pipeline's lease (try again later; the CLI exits 3)."""
+
+
+class Interrupted(Stopped):
+    """The run stopped on request (or lost its lease) between two steps."""
+
+
+class ImportFailed(FatalError):
+    """An import kept failing after its retries, or hit the contact quota; nothing of it counts."""
 
 
 class RecordError(SyncError):
@@ -48,8 +74,16 @@ class RecordError(SyncError):
         self.field = field
 
 
+class MappingRejected(RecordError):
+    """A record that cannot become a contact, with the rejection kind."""
+
+    def __init__(self, kind: RejectKind, reason: str, *, field: str | None = None) -> None:
+        super().__init__(reason, field=field)
+        self.kind = kind
+
+
 class MailtrapError(SyncError):
-    """An answer from Mailtrap that the client did not expect."""
+    """Where the error comes from: Mailtrap. Never raised itself; each subclass has a group."""
 
     def __init__(self, message: str, *, status: int | None = None, body: object = None) -> None:
         super().__init__(message)
@@ -72,16 +106,28 @@ class MailtrapRateLimited(MailtrapRetriable):
         self.retry_after = retry_after
 
 
+class MailtrapUnexpectedAnswer(MailtrapError, FatalError):
+    """An answer the client cannot use (not JSON, wrong shape, an unexpected status)."""
+
+
 class MailtrapAuthError(MailtrapError, FatalError):
     """401/403: the token is wrong or lacks access to the account."""
 
 
-class MailtrapNotFound(MailtrapError):
-    """404 for a resource the client asked for."""
+class MailtrapCancelled(MailtrapError, Stopped):
+    """A wait (permit, back-off, poll) given up because the caller asked to stop."""
 
 
-class MailtrapValidationError(MailtrapError):
-    """422: Mailtrap rejected the request; ``contact_errors`` maps email to its reasons."""
+class MailtrapNotFound(MailtrapError, FatalError):
+    """404 for a resource the client asked for (fatal unless the caller expects it)."""
+
+
+class MailtrapValidationError(MailtrapError, RecordError):
+    """422: Mailtrap refused what was sent; ``contact_errors`` maps email to its reasons.
+
+    Its group is ``RecordError``: the contacts it names are recorded as rejected and the rest is
+    sent again. ``reason`` is the message.
+    """
 
     def __init__(
         self, message: str, *, status: int | None = 422, body: object = None,

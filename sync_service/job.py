@@ -43,19 +43,25 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
 from sync_service.connector import Connector, load_connector
-from sync_service.delivery import BatchBuilder, Courier, Interrupted, Sink, count_change
+from sync_service.delivery import BatchBuilder, Courier, Sink, count_change
 from sync_service.diff import Change, Differ, Mapped, OnRecord, Pending, View
-from sync_service.errors import ConfigError, LeaseLost, PipelineBusy, SyncError
-from sync_service.mailtrap.client import MailtrapCancelled, MailtrapClient
+from sync_service.errors import (
+    ConfigError,
+    Interrupted,
+    LeaseLost,
+    PipelineBusy,
+    Stopped,
+    SyncError,
+)
+from sync_service.mailtrap.client import MailtrapClient
 from sync_service.mapping import Mapper
 from sync_service.models import (
     ChangeKind,
-    ImportResult,
     Rejection,
     RejectKind,
     RunKind,
@@ -63,21 +69,14 @@ from sync_service.models import (
     SourceRecord,
     StoredContact,
 )
-from sync_service.settings import AppSettings, PipelineSettings, parse_duration
-from sync_service.state import StateStore
+from sync_service.observers import RunObserver  # in __all__: its old home was this module
+from sync_service.settings import AppSettings, PipelineSettings
+from sync_service.state import StateReader, StateStore
 from sync_service.state.store import Fence
 
 log = structlog.get_logger(__name__)
 READ_CHUNK = 2_000
 __all__ = ["PlanReport", "RunObserver", "RunResult", "SyncJob", "chunked", "new_owner"]
-
-
-class RunObserver(Protocol):
-    """What the job reports as it goes (metrics, progress); every method is optional work."""
-
-    def records_read(self, pipeline: str, count: int) -> None: ...
-
-    def import_done(self, pipeline: str, result: ImportResult) -> None: ...
 
 
 @dataclass
@@ -134,7 +133,7 @@ class SyncJob:
         self.stop = stop or threading.Event()
         self.owner = owner or new_owner()
         self.observer = observer
-        self.lease_ttl = lease_ttl if lease_ttl is not None else parse_duration(settings.lease_ttl)
+        self.lease_ttl = lease_ttl if lease_ttl is not None else settings.lease_ttl
         self._lease_lost = threading.Event()
         self._renewed_at = time.monotonic()
         self._connector: Connector | None = None
@@ -165,7 +164,7 @@ class SyncJob:
 
         return self._execute(RunKind.RETRY, body, advance=False)
 
-    def plan(self, *, sample: int = 5, state: Any = None) -> PlanReport:
+    def plan(self, *, sample: int = 5, state: StateReader | None = None) -> PlanReport:
         """What a sync would send now; sends nothing and writes nothing."""
         state = state or self.store
         report = PlanReport(self.name)
@@ -219,7 +218,7 @@ class SyncJob:
             courier.recover()
             body(builder)
             result.outcome = RunOutcome.SUCCEEDED
-        except (Interrupted, MailtrapCancelled) as exc:
+        except Stopped as exc:
             result.outcome, result.error = RunOutcome.INTERRUPTED, str(exc)
         except SyncError as exc:
             result.outcome, result.error = RunOutcome.FAILED, str(exc)
@@ -339,8 +338,8 @@ class SyncJob:
 
     # reading and deciding -----------------------------------------------------------------
     def _scan(
-        self, records: Iterable[SourceRecord], differ: Differ, sink: Sink, *, state: Any = None,
-        connector: Connector | None = None,
+        self, records: Iterable[SourceRecord], differ: Differ, sink: Sink, *,
+        state: StateReader | None = None, connector: Connector | None = None,
     ) -> None:
         """Read, decide and hand changes to ``sink``; ``connector`` is asked for the current
         rows of keys whose ownership or uniqueness is in doubt."""

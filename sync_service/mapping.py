@@ -26,21 +26,14 @@ from typing import Any
 import orjson
 from email_validator import EmailNotValidError, validate_email
 
-from sync_service.errors import ConfigError, RecordError
+from sync_service.errors import ConfigError
+from sync_service.errors import MappingRejected as MappingRejected  # noqa: PLC0414 - old home
 from sync_service.models import Contact, FieldValue, RejectKind
 
 TEXT_LIMIT = 255
 DATA_TYPES = ("text", "integer", "float", "boolean", "date")
 _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
-
-
-class MappingRejected(RecordError):
-    """A record that cannot become a contact, with the rejection kind."""
-
-    def __init__(self, kind: RejectKind, reason: str, *, field: str | None = None) -> None:
-        super().__init__(reason, field=field)
-        self.kind = kind
 
 
 # An ASCII dot-atom local part (RFC 5322 atext) and a domain: the shape of nearly every address.

@@ -18,9 +18,9 @@ from sync_service.errors import StateError, SyncError
 from sync_service.job import PlanReport, RunResult, SyncJob
 from sync_service.logging import redact
 from sync_service.models import Position, Rejection, StoredContact
-from sync_service.runtime import build_client
 from sync_service.settings import AppSettings, PipelineSettings
 from sync_service.state import BatchRecord, RejectionRecord, RunRecord, StateStore
+from sync_service.wiring import build_client
 
 _console = Console()
 

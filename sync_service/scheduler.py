@@ -47,10 +47,10 @@ from sync_service.job import RunResult, SyncJob, new_owner
 from sync_service.mailtrap.client import MailtrapClient
 from sync_service.metrics import Metrics
 from sync_service.models import ImportResult, RunKind, RunOutcome
-from sync_service.runtime import EXIT_FAILED, EXIT_OK, build_client, open_store
-from sync_service.settings import AppSettings, DaemonSettings, PipelineSettings, parse_duration
+from sync_service.settings import AppSettings, DaemonSettings, PipelineSettings
 from sync_service.state import StateStore
 from sync_service.web import WebServer, create_app, parse_listen
+from sync_service.wiring import EXIT_FAILED, EXIT_OK, build_client, open_store
 
 log = structlog.get_logger(__name__)
 DAEMON_LEASE = "__daemon__"  # the SQLite claim; pipeline names cannot start with "_"
@@ -79,11 +79,11 @@ class MetricsObserver:
 def trigger_for(pipeline: PipelineSettings, settings: AppSettings) -> BaseTrigger:
     """The pipeline's cron or interval trigger, with its jitter."""
     daemon = settings.daemon
-    configured = parse_duration(daemon.jitter) if daemon.jitter is not None else None
+    configured = daemon.jitter
     if pipeline.schedule:
         return crontab_trigger(pipeline.schedule,
                                jitter=10.0 if configured is None else configured)
-    interval = parse_duration(pipeline.every or daemon.every)
+    interval = pipeline.every or daemon.every
     jitter = min(interval * 0.1, 30.0) if configured is None else configured
     return IntervalTrigger(seconds=interval, timezone=UTC, jitter=jitter or None)
 
@@ -109,8 +109,8 @@ class Backoff:
     @classmethod
     def from_settings(cls, daemon: DaemonSettings, *,
                       clock: Callable[[], float] = time.monotonic) -> Backoff:
-        return cls(daemon.failure_threshold, parse_duration(daemon.failure_backoff),
-                   parse_duration(daemon.failure_backoff_max), clock=clock)
+        return cls(daemon.failure_threshold, daemon.failure_backoff, daemon.failure_backoff_max,
+                   clock=clock)
 
     def remaining(self) -> float:
         """Seconds until the pipeline may run again (0 when it is not paused)."""
@@ -223,7 +223,7 @@ class Daemon:
                      listen=self.settings.web.listen if web else None,
                      state_store=store.engine.dialect.name)
             self.stop.wait()
-            grace = parse_duration(self.settings.daemon.grace_period)
+            grace = self.settings.daemon.grace_period
             deadline = time.monotonic() + grace
             return self._shutdown(scheduler, grace, deadline)
         finally:
@@ -240,7 +240,7 @@ class Daemon:
         })
         scheduler.add_listener(self._on_event,
                                EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_ERROR)
-        grace = max(1, round(parse_duration(self.settings.daemon.misfire_grace)))
+        grace = max(1, round(self.settings.daemon.misfire_grace))
         for pipeline in self.settings.pipelines:
             scheduler.add_job(self.tick, trigger_for(pipeline, self.settings),
                               args=[pipeline, store, client], id=pipeline.name,

@@ -36,6 +36,9 @@ from pydantic_settings import (
 
 from sync_service.connector import ConnectorSettings, load_connector
 from sync_service.errors import ConfigError
+from sync_service.units import Duration, Rate
+from sync_service.units import parse_duration as parse_duration  # noqa: PLC0414 - old home
+from sync_service.units import parse_rate as parse_rate  # noqa: PLC0414 - old home
 
 DEFAULT_CONFIG = "mailtrap-sync.toml"
 MAX_BATCH = 50_000
@@ -47,9 +50,6 @@ _ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "MAILTRAP_SYNC_WEB_LISTEN": ("web", "listen"),
 }
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PIPELINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _config_file: ContextVar[Path | None] = ContextVar("config_file", default=None)
 
@@ -70,32 +70,6 @@ def expand_env(value: str, where: str) -> str:
     return _VAR.sub(_sub, value)
 
 
-def parse_rate(text: str) -> tuple[int, float]:
-    """``"200/60s"`` → (200 requests, 60.0 seconds)."""
-    match = _RATE.match(text)
-    if not match:
-        raise ValueError(f"rate {text!r} is not of the form N/Ts (e.g. 200/60s)")
-    count, span, unit = int(match.group(1)), float(match.group(2)), match.group(3) or "s"
-    seconds = span * {"s": 1, "m": 60, "h": 3600}[unit]
-    if count < 1 or seconds <= 0:
-        raise ValueError(f"rate {text!r} must allow at least 1 request in a positive time")
-    return count, seconds
-
-
-def parse_duration(value: str | float) -> float:
-    """``"90s"``, ``"5m"``, ``"1h"``, ``"1d"``, ``"250ms"`` or plain seconds → seconds."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        match = _DURATION.match(str(value))
-        if not match:
-            raise ValueError(f"duration {value!r} is not like 30s, 5m, 1h or 1d")
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
-    if seconds < 0:
-        raise ValueError(f"duration {value!r} is negative")
-    return seconds
-
-
 class StateSettings(_Section):
     url: str = Field("sqlite:///mailtrap-sync.db", description="SQLAlchemy URL of the state store")
 
@@ -106,14 +80,9 @@ class StateSettings(_Section):
 
 
 class PacingSettings(_Section):
-    account: str = Field("200/60s", description="contacts API requests per window, per account")
-    token: str = Field("150/10s", description="requests per window, per API token")
-
-    @field_validator("account", "token")
-    @classmethod
-    def _valid_rate(cls, value: str) -> str:
-        parse_rate(value)
-        return value
+    account: Rate = Field(Rate(200, 60.0),
+                          description="contacts API requests per window, per account (200/60s)")
+    token: Rate = Field(Rate(150, 10.0), description="requests per window, per API token (150/10s)")
 
 
 class MailtrapSettings(_Section):
@@ -157,12 +126,12 @@ class PipelineSettings(_Section):
     source: ConnectorSettings
     mapping: MappingSettings = MappingSettings()
     schedule: str | None = Field(None, description="cron expression for `run`")
-    every: str | None = Field(None, description="interval for `run`, e.g. 10m")
+    every: Duration | None = Field(None, description="interval for `run`, e.g. 10m")
 
     @field_validator("every")
     @classmethod
-    def _every(cls, value: str | None) -> str | None:
-        if value is not None and parse_duration(value) < 1:
+    def _every(cls, value: float | None) -> float | None:
+        if value is not None and value < 1:
             raise ValueError("must be at least 1s")
         return value
 
@@ -218,22 +187,17 @@ class WebSettings(_Section):
 class DaemonSettings(_Section):
     """How `mailtrap-sync run` schedules pipelines."""
 
-    every: str = Field("15m", description="interval of pipelines with no schedule of their own")
-    jitter: str | None = Field(None, description="random delay per run (default: 10% of the "
-                                                 "interval, at most 30s)")
-    misfire_grace: str = Field("5m", description="a run late by more than this is skipped")
-    grace_period: str = Field("30s", description="time to finish the current step on SIGTERM")
+    every: Duration = Field(900.0, description="interval of pipelines with no schedule of their "
+                                               "own (15m)")
+    jitter: Duration | None = Field(None, description="random delay per run (default: 10% of the "
+                                                      "interval, at most 30s)")
+    misfire_grace: Duration = Field(300.0, description="a run late by more than this is skipped "
+                                                       "(5m)")
+    grace_period: Duration = Field(30.0, description="time to finish the current step on SIGTERM")
     failure_threshold: int = Field(3, ge=1, description="failures in a row before backing off")
-    failure_backoff: str = Field("5m", description="first pause after the threshold; doubles")
-    failure_backoff_max: str = Field("1h")
-
-    @field_validator("every", "jitter", "misfire_grace", "grace_period", "failure_backoff",
-                     "failure_backoff_max")
-    @classmethod
-    def _durations(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_duration(value)
-        return value
+    failure_backoff: Duration = Field(300.0, description="first pause after the threshold; "
+                                                         "doubles (5m)")
+    failure_backoff_max: Duration = Field(3600.0, description="longest pause (1h)")
 
 
 class _StrictToml(TomlConfigSettingsSource):
@@ -267,8 +231,8 @@ class _EnvOverrides(PydanticBaseSettingsSource):
 class AppSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="forbid", frozen=True)
 
-    lease_ttl: str | float = Field(
-        "60s", description="how long a pipeline's lease outlives a process killed while holding it"
+    lease_ttl: Duration = Field(
+        60.0, description="how long a pipeline's lease outlives a process killed while holding it"
     )
     state: StateSettings = StateSettings()
     mailtrap: MailtrapSettings = MailtrapSettings()
@@ -293,8 +257,8 @@ class AppSettings(BaseSettings):
 
     @field_validator("lease_ttl")
     @classmethod
-    def _lease_ttl(cls, value: str | float) -> str | float:
-        if parse_duration(value) < 1:
+    def _lease_ttl(cls, value: float) -> float:
+        if value < 1:
             raise ValueError("must be at least 1s")
         return value
 

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import structlog
 import uvicorn
@@ -50,9 +50,8 @@ DEFAULT_LISTEN = "127.0.0.1:9108"
 DEFAULT_READY_TIMEOUT_S = 5.0
 
 Check = Callable[[], str | None]
-# Either named checks (preferred: a hang is pinned on the check that hung) or one callable that
-# runs them all and returns name -> None (ok) or an error string.
-ReadyChecks = Mapping[str, Check] | Callable[[], Mapping[str, str | None]]
+# Named checks: a hang is pinned on the check that hung. Each returns None (ok) or an error.
+ReadyChecks = Mapping[str, Check]
 
 _T = TypeVar("_T")
 _HOSTNAME = re.compile(r"[A-Za-z0-9._-]+")
@@ -127,17 +126,9 @@ async def _run_check(runner: _CheckRunner, name: str, check: Check) -> _Outcome:
 
 
 async def _readiness(runner: _CheckRunner, ready: ReadyChecks) -> dict[str, _Outcome]:
-    if isinstance(ready, Mapping):
-        names = list(ready)
-        outcomes = await asyncio.gather(*(_run_check(runner, n, ready[n]) for n in names))
-        return dict(zip(names, outcomes, strict=True))
-    try:
-        combined = await runner.run("readiness", ready)
-    except TimeoutError:
-        return {"readiness": (f"timed out after {runner.timeout_s:g}s", None)}
-    except Exception as exc:
-        return {"readiness": (f"check raised {type(exc).__name__}", exc)}
-    return {name: (None if err is None else str(err), None) for name, err in combined.items()}
+    names = list(ready)
+    outcomes = await asyncio.gather(*(_run_check(runner, n, ready[n]) for n in names))
+    return dict(zip(names, outcomes, strict=True))
 
 
 def create_app(
@@ -197,12 +188,22 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 class WebServer:
-    """Serves an ASGI app with uvicorn on a background daemon thread."""
+    """Serves an ASGI app with uvicorn on a background daemon thread.
 
-    def __init__(self, app: ASGIApp, host: str, port: int) -> None:
+    ``name`` names the thread and the ``server`` key of its log lines; ``http`` picks uvicorn's
+    HTTP protocol ("h11" for an app that must be able to hang up on a client, like the Mailtrap
+    double in ``sync_service.testing``).
+    """
+
+    def __init__(
+        self, app: ASGIApp, host: str, port: int, *, name: str = "web",
+        http: Literal["auto", "h11"] = "auto",
+    ) -> None:
         self.app = app
         self.host = host
         self.port = port
+        self.name = name
+        self.http = http
         self._address: tuple[str, int] | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -224,21 +225,21 @@ class WebServer:
         self._address = (host, port)
         config = uvicorn.Config(
             self.app, log_config=None, log_level="warning", access_log=False,
-            lifespan="off", loop="asyncio", server_header=False,
+            lifespan="off", loop="asyncio", server_header=False, http=self.http, ws="none",
         )
         server = self._server = uvicorn.Server(config)
         thread = self._thread = threading.Thread(
-            target=self._serve, args=(server, sock), name="web", daemon=True)
+            target=self._serve, args=(server, sock), name=self.name, daemon=True)
         thread.start()
         self._wait_started(server, thread, startup_timeout_s)
-        log.info("web.started", host=host, port=port)
+        log.info("web.started", server=self.name, host=host, port=port)
 
     def _serve(self, server: uvicorn.Server, sock: socket.socket) -> None:
         try:
             server.run(sockets=[sock])
         except BaseException as exc:  # uvicorn signals startup failure with SystemExit
             self._error = exc
-            log.error("web.crashed", exc_info=exc)
+            log.error("web.crashed", server=self.name, exc_info=exc)
         finally:
             sock.close()
 
@@ -269,9 +270,9 @@ class WebServer:
             self._server.force_exit = True
             self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
-            log.warning("web.stop_timed_out", timeout_s=timeout)
+            log.warning("web.stop_timed_out", server=self.name, timeout_s=timeout)
             return False
-        log.info("web.stopped")
+        log.info("web.stopped", server=self.name)
         return True
 
     def __enter__(self) -> WebServer:

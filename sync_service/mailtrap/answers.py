@@ -4,7 +4,7 @@ and how answer bodies become values (imports, lists, per-contact 422 errors).
 429 → ``MailtrapRateLimited`` (with ``Retry-After``, seconds or an HTTP date, capped at
 ``MAX_RETRY_AFTER``); 408 and 5xx → ``MailtrapRetriable``; 401/403 → ``MailtrapAuthError``; 404 →
 ``MailtrapNotFound``; 422 → ``MailtrapValidationError`` with the contacts it names; anything else
-→ ``MailtrapError``. Nothing here does I/O.
+→ ``MailtrapUnexpectedAnswer``. Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import orjson
 
 from sync_service.errors import (
     MailtrapAuthError,
-    MailtrapError,
     MailtrapNotFound,
     MailtrapRateLimited,
     MailtrapRetriable,
+    MailtrapUnexpectedAnswer,
     MailtrapValidationError,
 )
 from sync_service.models import ImportResult
@@ -39,7 +39,8 @@ def raise_for(method: str, url: str, response: httpx.Response) -> Any:
         body = response.text[:500]
     if 200 <= status < 300:
         if isinstance(body, str):
-            raise MailtrapError(f"{method} {url}: answer is not JSON", status=status, body=body)
+            raise MailtrapUnexpectedAnswer(f"{method} {url}: answer is not JSON", status=status,
+                                           body=body)
         return body
     where = f"{method} {url} → {status}"
     if status == 429:
@@ -56,7 +57,7 @@ def raise_for(method: str, url: str, response: httpx.Response) -> Any:
         errors = _contact_errors(body)
         raise MailtrapValidationError(f"{where}: {_message(body)}", body=body,
                                       contact_errors=errors)
-    raise MailtrapError(f"{where}: {_message(body)}", status=status, body=body)
+    raise MailtrapUnexpectedAnswer(f"{where}: {_message(body)}", status=status, body=body)
 
 
 def _message(body: Any) -> str:
@@ -103,25 +104,25 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 def items(data: Any, what: str) -> list[dict[str, Any]]:
-    """A JSON array of objects (a listing), or MailtrapError."""
+    """A JSON array of objects (a listing), or MailtrapUnexpectedAnswer."""
     if not isinstance(data, list) or not all(isinstance(i, dict) for i in data):
-        raise MailtrapError(f"unexpected answer listing {what}", body=data)
+        raise MailtrapUnexpectedAnswer(f"unexpected answer listing {what}", body=data)
     return data
 
 
 def as_object(data: Any, what: str) -> dict[str, Any]:
-    """A JSON object, or MailtrapError."""
+    """A JSON object, or MailtrapUnexpectedAnswer."""
     if not isinstance(data, dict):
-        raise MailtrapError(f"unexpected answer for {what}", body=data)
+        raise MailtrapUnexpectedAnswer(f"unexpected answer for {what}", body=data)
     return data
 
 
 def import_result(data: Any) -> ImportResult:
-    """An import's id, status and (once finished) counts, or MailtrapError."""
+    """An import's id, status and (once finished) counts, or MailtrapUnexpectedAnswer."""
     body = as_object(data, "import")
     status, ident = body.get("status"), body.get("id")
     if not isinstance(ident, int) or status not in IMPORT_STATUSES:
-        raise MailtrapError(f"unexpected import answer: {str(body)[:200]}", body=body)
+        raise MailtrapUnexpectedAnswer(f"unexpected import answer: {str(body)[:200]}", body=body)
     counts = {k: body.get(k) for k in ("created_contacts_count", "updated_contacts_count",
                                         "contacts_over_limit_count")}
     return ImportResult(ident, str(status), **{k: v if isinstance(v, int) else None

@@ -1,8 +1,8 @@
 """A synchronous client for the parts of Mailtrap's contacts API that mailtrap-sync uses.
 
-It knows nothing of the state store. It takes an ``httpx`` transport (tests pass the in-process
-double), paces every request under Mailtrap's limits, retries what is retriable with exponential
-backoff and jitter (tenacity), and turns every answer it did not expect into a ``MailtrapError``.
+It knows nothing of the state store. It takes an injected ``httpx`` transport, paces every
+request under Mailtrap's limits, retries what is retriable with exponential backoff and jitter
+(tenacity), and turns every answer it did not expect into a ``MailtrapError``.
 Which statuses are retriable is decided in exactly one place: ``answers.raise_for`` (429, 408
 and 5xx); timeouts and dropped connections are retriable too. A 429's ``Retry-After`` is
 honoured, plus jitter.
@@ -45,11 +45,12 @@ from sync_service.errors import (
     ConfigError,
     FatalError,
     MailtrapAuthError,
-    MailtrapError,
     MailtrapNotFound,
     MailtrapRateLimited,
     MailtrapRetriable,
+    MailtrapUnexpectedAnswer,
 )
+from sync_service.errors import MailtrapCancelled as MailtrapCancelled  # noqa: PLC0414 - old home
 from sync_service.mailtrap.answers import as_object, import_result, items, raise_for
 from sync_service.mailtrap.pacing import Pacer
 from sync_service.models import ImportResult
@@ -60,10 +61,6 @@ ResponseHook = Callable[[str, int], None]
 StopCheck = Callable[[], bool]
 # The stop check of the code running in this thread (see ``MailtrapClient.stoppable``).
 _should_stop: ContextVar[StopCheck | None] = ContextVar("mailtrap_should_stop", default=None)
-
-
-class MailtrapCancelled(MailtrapError):
-    """A wait (permit, back-off, poll) given up because the caller asked to stop."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +136,7 @@ class MailtrapClient:
     def accounts(self) -> list[dict[str, Any]]:
         data = self._request("GET", "/api/accounts", group="accounts", scoped=False)
         if not isinstance(data, list):
-            raise MailtrapError("GET /api/accounts did not answer a list", body=data)
+            raise MailtrapUnexpectedAnswer("GET /api/accounts did not answer a list", body=data)
         return [a for a in data if isinstance(a, dict)]
 
     @property

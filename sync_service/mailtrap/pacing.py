@@ -33,7 +33,8 @@ from dataclasses import dataclass
 
 from pyrate_limiter import Duration, Limiter, Rate
 
-from sync_service.settings import parse_rate
+from sync_service.units import Rate as ConfiguredRate
+from sync_service.units import parse_rate
 
 MARGIN_SHARE = 0.02  # of each window, see the module docstring
 MIN_MARGIN_S = 0.1
@@ -62,9 +63,9 @@ def window_ms(seconds: float) -> int:
     return round((seconds + margin(seconds)) * Duration.SECOND)
 
 
-def _limit(scope: str, ident: str, rate: str) -> _Limit:
-    count, seconds = parse_rate(rate)
-    key = (scope, ident, rate)
+def _limit(scope: str, ident: str, rate: ConfiguredRate) -> _Limit:
+    count, seconds = rate
+    key = (scope, ident, f"{count}/{seconds}")
     with _lock:
         if key not in _limits:
             _limits[key] = _Limit(Limiter(Rate(count, window_ms(seconds))), margin(seconds))
@@ -86,10 +87,12 @@ def _take(limiter: Limiter, name: str, should_stop: StopCheck | None) -> bool:
 class Pacer:
     """Blocks until a request to Mailtrap fits under both the account and the token limits."""
 
-    def __init__(self, *, token: str, account_rate: str, token_rate: str) -> None:
+    def __init__(self, *, token: str, account_rate: ConfiguredRate | str,
+                 token_rate: ConfiguredRate | str) -> None:
+        """Rates as configured (``PacingSettings``); text such as ``"200/60s"`` is parsed here."""
         self._token_id = hashlib.sha256(token.encode()).hexdigest()[:16]
-        self._token = _limit("token", self._token_id, token_rate)
-        self._account_rate = account_rate
+        self._token = _limit("token", self._token_id, parse_rate(token_rate))
+        self._account_rate = parse_rate(account_rate)
 
     def acquire(self, account_id: int | None, should_stop: StopCheck | None = None
                 ) -> float | None:

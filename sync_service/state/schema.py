@@ -1,7 +1,8 @@
 """The state store's schema, managed only by Alembic: upgrade, downgrade, and the start-up check.
 
 Alembic is driven from code: the ``Config`` is built here with ``script_location`` pointing at
-the installed ``migrations`` package, and the caller's connection travels in
+the installed ``sync_service.migrations`` package (found with ``importlib.resources``, never
+through the working directory), and the caller's connection travels in
 ``config.attributes["connection"]``, so ``migrations/env.py`` runs inside the caller's transaction
 and no ``alembic.ini`` is needed in the working directory.
 
@@ -11,7 +12,7 @@ on SQLite), so replicas starting together on a new database do not both create t
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.resources
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,12 +32,23 @@ UPGRADE_HINT = "run `mailtrap-sync db upgrade`"
 _PG_SCHEMA_LOCK = 0x6D74_7379_6E63  # "mtsync"
 
 
+MIGRATIONS_PACKAGE = "sync_service.migrations"
+
+
 def migrations_dir() -> Path:
-    """The directory of the installed ``migrations`` package (env.py and versions/)."""
-    spec = importlib.util.find_spec("migrations")
-    if spec is None or not spec.submodule_search_locations:
-        raise StateError("the `migrations` package is not installed next to sync_service")
-    return Path(next(iter(spec.submodule_search_locations)))
+    """The directory of the installed ``sync_service.migrations`` package (env.py, versions/).
+
+    Resolved through the import system from the package itself, so a ``migrations/`` folder in
+    the working directory (or another distribution's top-level ``migrations``) cannot stand in.
+    """
+    try:
+        folder = importlib.resources.files(MIGRATIONS_PACKAGE)
+    except ModuleNotFoundError as exc:
+        raise StateError(f"the `{MIGRATIONS_PACKAGE}` package is not installed") from exc
+    if not isinstance(folder, Path) or not folder.joinpath("env.py").is_file():
+        # Alembic reads its scripts from a real directory; a zipped install has none.
+        raise StateError(f"the `{MIGRATIONS_PACKAGE}` package is not a directory: {folder}")
+    return folder
 
 
 def alembic_config(script_location: Path, connection: Connection | None = None) -> Config:

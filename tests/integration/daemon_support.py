@@ -22,7 +22,7 @@ import httpx
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
-from sync_service.mailtrap.double import DEFAULT_TOKEN
+from sync_service.testing.mailtrap.double import DEFAULT_TOKEN
 
 T = TypeVar("T")
 PIPELINE = "customers"

@@ -19,10 +19,10 @@ import sqlalchemy as sa
 
 from sync_service.job import RunResult, SyncJob
 from sync_service.mailtrap.client import MailtrapClient
-from sync_service.mailtrap.double import DEFAULT_TOKEN, MailtrapDouble
 from sync_service.models import RejectKind, RunOutcome
 from sync_service.settings import AppSettings
 from sync_service.state import StateStore
+from sync_service.testing.mailtrap.double import DEFAULT_TOKEN, MailtrapDouble
 from tests.support.harness import BASE_URL
 from tests.support.openapi import ValidatingTransport
 

@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from click.testing import CliRunner, Result
 
 from sync_service.__main__ import cli
-from sync_service.mailtrap.double import MailtrapDouble
 from sync_service.state import StateStore
+from sync_service.testing.mailtrap.double import MailtrapDouble
 from tests.support.harness import FIELDS, T0, Source
 
 TOKEN = "tok-9f2c41d7e8b6"  # the double's token for these tests

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from structlog.testing import capture_logs
 
-from connectors.sql import SqlConnector, SqlSourceSettings
+from sync_service.connectors.sql import SqlConnector, SqlSourceSettings
 from sync_service.models import Position
 
 LIMIT = 100  # a read that loops would yield far more than the table holds

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from sync_service.mailtrap.double import ImportPolicy, MailtrapDouble, serve
 from sync_service.models import RunOutcome
-from sync_service.runtime import EXIT_BUSY, EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from sync_service.state import StateStore
+from sync_service.testing.mailtrap.double import ImportPolicy, MailtrapDouble, serve
+from sync_service.wiring import EXIT_BUSY, EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from tests.integration.daemon_support import (
     PIPELINE,
     ROWS,

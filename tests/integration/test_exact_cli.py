@@ -10,7 +10,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from sync_service.mailtrap.double import MailtrapDouble
+from sync_service.testing.mailtrap.double import MailtrapDouble
 from tests.integration.test_cli import CONFIG, _cli, served
 
 pytestmark = pytest.mark.usefixtures(served.__name__)

@@ -11,9 +11,9 @@ import pytest
 
 from sync_service.errors import StateError
 from sync_service.job import RunResult, SyncJob
-from sync_service.mailtrap.double import MailtrapDouble
 from sync_service.models import RejectKind, RunOutcome
 from sync_service.state import StateStore
+from sync_service.testing.mailtrap.double import MailtrapDouble
 from tests.support.openapi import ValidatingTransport
 from tests.support.people import PIPELINE, People, PeopleHarness, _Editor, small_pages
 

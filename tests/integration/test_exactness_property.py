@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sync_service.mailtrap.double import MailtrapDouble
 from sync_service.models import RunOutcome
+from sync_service.testing.mailtrap.double import MailtrapDouble
 from tests.conftest import PG_ENV, _fresh_database, _server_url
 from tests.support.double_fixtures import validating_transport
 from tests.support.people import People, PeopleHarness, _Editor, small_pages

@@ -28,7 +28,10 @@ import pytest
 import sqlalchemy as sa
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sync_service.mailtrap.double import (
+from sync_service.models import BatchStatus, Position, RunOutcome
+from sync_service.state import StateStore
+from sync_service.state.tables import batches
+from sync_service.testing.mailtrap.double import (
     DEFAULT_ACCOUNT_ID,
     DEFAULT_TOKEN,
     ImportPolicy,
@@ -36,9 +39,6 @@ from sync_service.mailtrap.double import (
     RateLimits,
     serve,
 )
-from sync_service.models import BatchStatus, Position, RunOutcome
-from sync_service.state import StateStore
-from sync_service.state.tables import batches
 from tests.support.harness import FIELDS, T0, Source, customers
 
 PIPELINE = "customers"
@@ -458,7 +458,7 @@ _SIGNAL_DURING_A_WRITE = """
 import signal, sys, threading, time
 import structlog
 from sync_service.logging import configure
-from sync_service.runtime import stop_on_signals
+from sync_service.wiring import stop_on_signals
 
 writing = threading.Event()
 

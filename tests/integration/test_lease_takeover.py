@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sync_service.mailtrap.double import ImportPolicy, MailtrapDouble, RateLimits
+from sync_service.testing.mailtrap.double import ImportPolicy, MailtrapDouble, RateLimits
 from tests.integration.test_kill_restart import World, _world
 
 START_WITHIN_S = 5.0

@@ -21,11 +21,16 @@ from click.testing import CliRunner
 from sync_service.__main__ import cli
 from sync_service.job import SyncJob
 from sync_service.mailtrap.client import MailtrapClient
-from sync_service.mailtrap.double import DEFAULT_TOKEN, ImportPolicy, MailtrapDouble, RateLimits
 from sync_service.mailtrap.pacing import Pacer
 from sync_service.models import BatchStatus, RunKind, RunOutcome
 from sync_service.report import status_rows
 from sync_service.settings import AppSettings
+from sync_service.testing.mailtrap.double import (
+    DEFAULT_TOKEN,
+    ImportPolicy,
+    MailtrapDouble,
+    RateLimits,
+)
 from tests.support.harness import BASE_URL, FIELDS, T0, Harness, Source
 from tests.support.openapi import ValidatingTransport
 

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from structlog.testing import capture_logs
 
-from connectors.sql import SqlConnector, SqlSourceSettings
+from sync_service.connectors.sql import SqlConnector, SqlSourceSettings
 from sync_service.errors import ConfigError, SourceError
 from sync_service.models import Position, SourceRecord
 
@@ -373,16 +373,6 @@ def test_columns_setting_limits_values_but_keeps_key_and_cursor(
     source.insert(table, [row(1, T0)])
     (record,) = connect(source.url, columns=["email"], deleted_column="deleted_at").read(None)
     assert list(record.values) == ["email", "id", "updated_at", "deleted_at"]
-
-
-def test_estimate_counts_what_read_would_yield(source: Source, connect: Connect) -> None:
-    """estimate(since) is one COUNT matching the number of records read(since) yields."""
-    table = source.customers()
-    source.insert(table, [row(k, T0 + timedelta(minutes=k)) for k in range(1, 21)]
-                  + [row(21, None)])
-    connector = connect(source.url, lookback="3m")
-    for since in (None, Position(T0 + timedelta(minutes=10), 10), Position(None, 0)):
-        assert connector.estimate(since) == len(list(connector.read(since)))
 
 
 # errors ----------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from sync_service.mailtrap.double import ImportPolicy, MailtrapDouble
 from sync_service.models import BatchStatus, RunKind, RunOutcome
+from sync_service.testing.mailtrap.double import ImportPolicy, MailtrapDouble
 from tests.support.harness import T0, Harness, Source
 from tests.support.openapi import ValidatingTransport
 
@@ -125,7 +125,7 @@ def test_120001_contacts_go_out_in_three_imports(sqlite_url: str, double: Mailtr
 
 
 def _plain_transport(double: MailtrapDouble) -> httpx.BaseTransport:
-    from sync_service.mailtrap.transport import InProcessTransport
+    from sync_service.testing.mailtrap.transport import InProcessTransport
 
     return InProcessTransport(double.app)
 

@@ -18,8 +18,13 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from sync_service.mailtrap.double import DEFAULT_ACCOUNT_ID, DEFAULT_TOKEN, MailtrapDouble, serve
-from sync_service.mailtrap.transport import InProcessTransport
+from sync_service.testing.mailtrap.double import (
+    DEFAULT_ACCOUNT_ID,
+    DEFAULT_TOKEN,
+    MailtrapDouble,
+    serve,
+)
+from sync_service.testing.mailtrap.transport import InProcessTransport
 from tests.support.openapi import ValidatingTransport
 
 BASE_URL = "https://mailtrap.test"

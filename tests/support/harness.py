@@ -17,10 +17,10 @@ from sqlalchemy.dialects import mysql
 
 from sync_service.job import RunResult, SyncJob
 from sync_service.mailtrap.client import MailtrapClient
-from sync_service.mailtrap.double import DEFAULT_TOKEN, MailtrapDouble
 from sync_service.models import RunKind
 from sync_service.settings import AppSettings
 from sync_service.state import StateStore
+from sync_service.testing.mailtrap.double import DEFAULT_TOKEN, MailtrapDouble
 from tests.support.openapi import ValidatingTransport
 
 BASE_URL = "https://mailtrap.test"

@@ -16,9 +16,10 @@ from pydantic import ValidationError
 
 from sync_service.mailtrap import pacing
 from sync_service.mailtrap.client import MailtrapClient
-from sync_service.mailtrap.double import MailtrapDouble, RateLimits
 from sync_service.mailtrap.pacing import Pacer, window_ms
 from sync_service.settings import PacingSettings
+from sync_service.testing.mailtrap.double import MailtrapDouble, RateLimits
+from sync_service.units import Rate
 from tests.support.double_fixtures import BASE_URL, validating_transport
 
 _accounts = itertools.count(90_001)
@@ -41,7 +42,7 @@ def _unique(prefix: str) -> tuple[int, str]:
 def test_defaults_are_mailtraps_published_limits() -> None:
     """[mailtrap.pacing] defaults to 200/60s per account and 150/10s per token; junk is refused."""
     assert PacingSettings().model_dump() == {"account": "200/60s", "token": "150/10s"}
-    assert PacingSettings(account="20/2s").account == "20/2s"
+    assert PacingSettings(account="20/2s").account == Rate(20, 2.0)  # parsed once, at load
     with pytest.raises(ValidationError, match="N/Ts"):
         PacingSettings(account="fast")
 

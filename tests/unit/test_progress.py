@@ -7,7 +7,7 @@ import io
 import orjson
 
 from sync_service.logging import configure
-from sync_service.runtime import ProgressObserver
+from sync_service.wiring import ProgressObserver
 
 
 def test_off_a_terminal_progress_is_logged_as_json_lines() -> None:

@@ -15,12 +15,12 @@ from structlog.testing import capture_logs
 
 from sync_service.crontab import crontab_trigger, crontab_weekdays
 from sync_service.errors import ConfigError
-from sync_service.mailtrap.double import DEFAULT_TOKEN, MailtrapDouble
 from sync_service.models import RunOutcome
-from sync_service.runtime import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from sync_service.scheduler import DAEMON_LEASE, Backoff, Daemon, trigger_for
 from sync_service.settings import AppSettings, load_settings
 from sync_service.state import StateStore
+from sync_service.testing.mailtrap.double import DEFAULT_TOKEN, MailtrapDouble
+from sync_service.wiring import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from tests.integration.daemon_support import PIPELINE, Source, cli, cli_env, wait_for, write_config
 from tests.support.double_fixtures import BASE_URL, validating_transport
 
@@ -123,7 +123,7 @@ def test_default_jitter_is_a_tenth_of_the_interval_at_most_30s(
         update={"jitter": None})})
     pipeline = settings.pipelines[0]
     assert trigger_for(pipeline, unset).jitter == pytest.approx(12.0)
-    hourly = pipeline.model_copy(update={"every": "1h"})
+    hourly = pipeline.model_copy(update={"every": 3600.0})  # 1h; model_copy skips parsing
     assert trigger_for(hourly, unset).jitter == pytest.approx(30.0)
 
 

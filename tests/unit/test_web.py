@@ -139,15 +139,6 @@ def test_a_hung_check_is_not_started_again_by_later_probes(release: threading.Ev
     assert calls_while_hung == 1
 
 
-def test_readyz_accepts_one_callable_returning_all_results() -> None:
-    """A single readiness callable's name -> error mapping is reported check by check."""
-    with serving(ready=lambda: {"state_store": None, "mailtrap": "unreachable"}) as client:
-        response = client.get("/readyz")
-    assert response.status_code == 503
-    assert response.json()["checks"]["mailtrap"] == {"status": "fail", "error": "unreachable"}
-    assert response.json()["checks"]["state_store"] == {"status": "ok"}
-
-
 def test_metrics_serves_values_set_through_metrics() -> None:
     """/metrics serves text format 0.0.4 carrying what the Metrics methods recorded."""
     metrics = Metrics()

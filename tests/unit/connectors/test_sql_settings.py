@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from connectors.sql import SqlConnector
-from connectors.sql_settings import SqlSourceSettings, parse_lookback
 from sync_service.connector import Connector, load_connector
+from sync_service.connectors.sql import SqlConnector
+from sync_service.connectors.sql_settings import SqlSourceSettings, parse_lookback
 
 URL = "postgresql+psycopg://crm:hunter2-secret@db/crm"
 

@@ -9,7 +9,7 @@ from uuid import UUID
 
 import pytest
 
-from connectors.sql_values import coerce, is_deleted, lookback_start
+from sync_service.connectors.sql_values import coerce, is_deleted, lookback_start
 from sync_service.errors import ConfigError
 
 NOON = datetime(2024, 5, 1, 12, 0, 0)

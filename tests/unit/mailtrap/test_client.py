@@ -23,8 +23,8 @@ from sync_service.errors import (
 )
 from sync_service.mailtrap.answers import MAX_RETRY_AFTER
 from sync_service.mailtrap.client import MailtrapCancelled, MailtrapClient
-from sync_service.mailtrap.double import DEFAULT_TOKEN, ImportPolicy, MailtrapDouble
 from sync_service.mailtrap.pacing import Pacer
+from sync_service.testing.mailtrap.double import DEFAULT_TOKEN, ImportPolicy, MailtrapDouble
 from tests.support.double_fixtures import BASE_URL, validating_transport
 
 

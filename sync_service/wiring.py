@@ -23,6 +23,7 @@ from sync_service.logging import register_secret
 from sync_service.mailtrap.client import MailtrapClient
 from sync_service.mailtrap.pacing import Pacer
 from sync_service.models import ImportResult
+from sync_service.observers import RequestObserver
 from sync_service.settings import AppSettings
 from sync_service.state import StateStore
 
@@ -51,12 +52,12 @@ def build_client(
     settings: AppSettings,
     *,
     transport: httpx.BaseTransport | None = None,
-    observer: Any = None,
+    observer: RequestObserver | None = None,
 ) -> MailtrapClient:
     cfg = settings.mailtrap
     token = api_token(settings)
     pacer = Pacer(token=token, account_rate=cfg.pacing.account, token_rate=cfg.pacing.token)
-    hook = getattr(observer, "request_done", None)
+    hook = observer.request_done if observer is not None else None
     return MailtrapClient(
         token=token, base_url=cfg.api_url, account_id=cfg.account_id, transport=transport,
         timeout=cfg.timeout, pacer=pacer, max_retries=cfg.max_retries, on_response=hook,

@@ -15,9 +15,9 @@ Reach it in-process with ``InProcessTransport(double.app)`` or over HTTP with
 
 State is plain objects guarded by ``double.lock`` (re-entrant): requests are served under it, so
 a test may inspect while a server thread answers. Behaviour rules are documented where they
-live: ``double_rules`` (422s), ``double_contacts`` (imports), ``double_limits`` (knobs).
+live: ``rules`` (422s), ``contacts`` (imports), ``limits`` (knobs).
 
-Run one by hand: ``python -m sync_service.mailtrap.double --port 8025``.
+Run one by hand: ``python -m sync_service.testing.mailtrap.double --port 8025``.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from collections.abc import Callable, Iterable, Mapping
 
 from starlette.types import ASGIApp
 
-from sync_service.mailtrap import double_contacts as contacts
-from sync_service.mailtrap.double_app import build_app
-from sync_service.mailtrap.double_limits import (
+from sync_service.testing.mailtrap import contacts
+from sync_service.testing.mailtrap.app import build_app
+from sync_service.testing.mailtrap.limits import (
     DropError,
     FakeClock,
     Fault,
@@ -41,7 +41,7 @@ from sync_service.mailtrap.double_limits import (
     RateLimits,
     SlidingWindow,
 )
-from sync_service.mailtrap.double_model import (
+from sync_service.testing.mailtrap.model import (
     ApiError,
     ContactView,
     FieldView,
@@ -50,8 +50,8 @@ from sync_service.mailtrap.double_model import (
     LoggedRequest,
     email_key,
 )
-from sync_service.mailtrap.double_server import serve
-from sync_service.mailtrap.double_state import OWNER, DoubleState
+from sync_service.testing.mailtrap.server import serve
+from sync_service.testing.mailtrap.state import OWNER, DoubleState
 
 __all__ = [
     "DEFAULT_ACCOUNT_ID",
@@ -276,9 +276,15 @@ class MailtrapDouble:
             best = max(best, end - start + 1)
         return best
 
-    # the app's interface (double_app calls these under or around the lock)
+    # the app's interface (``app.Backend``: the app calls these under or around the lock)
 
-    def _admit_rate(self, token: str, account_id: int | None) -> None:
+    @property
+    def state(self) -> DoubleState:
+        """The accounts, contacts and imports themselves (for the app; tests use the views)."""
+        return self._state
+
+    def admit_rate(self, token: str, account_id: int | None) -> None:
+        """Count one request against the rate windows; ApiError 429 when over a limit."""
         now, limits = self.clock(), self.rate_limits
         by_token, by_account = ("token", token), ("account", account_id)
         if not self._windows.admits(by_token, now, limits.token_requests, limits.token_window):
@@ -291,7 +297,8 @@ class MailtrapDouble:
         if account_id is not None:
             self._windows.record(by_account, now)
 
-    def _next_fault(self) -> tuple[Fault | None, DropError]:
+    def next_fault(self) -> tuple[Fault | None, DropError]:
+        """The outcome forced or drawn for the request now arriving, and how a drop looks."""
         with self.lock:
             self._settle()
             faults = self.faults
@@ -313,18 +320,21 @@ class MailtrapDouble:
             return "500"
         return None
 
-    def _import_fails(self) -> bool:
+    def import_fails(self) -> bool:
+        """Whether an import finishing now fails (drawn from the seeded failure rate)."""
         rate = self.faults.import_failure_rate
         return rate > 0 and self._rng.random() < rate
 
-    def _rejected_emails(self) -> frozenset[str]:
+    def rejected_emails(self) -> frozenset[str]:
+        """Lower-cased emails that imports and contact calls must refuse."""
         return frozenset(email_key(e) for e in self.faults.reject_emails)
 
     def _settle(self) -> None:
         if self._state.pending:
-            contacts.settle_imports(self._state, self.clock(), self._import_fails)
+            contacts.settle_imports(self._state, self.clock(), self.import_fails)
 
-    def _record(self, entry: LoggedRequest) -> None:
+    def record(self, entry: LoggedRequest) -> None:
+        """Append one request to the log."""
         with self.lock:
             self._log.append(entry)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from sync_service.mailtrap.double import MailtrapDouble
+from sync_service.testing.mailtrap.double import MailtrapDouble
 from tests.support.double_fixtures import CONTACTS
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from sync_service.mailtrap.double import FakeClock, MailtrapDouble
-from sync_service.mailtrap.transport import InProcessTransport
+from sync_service.testing.mailtrap.double import FakeClock, MailtrapDouble
+from sync_service.testing.mailtrap.transport import InProcessTransport
 from tests.support.double_fixtures import BASE_URL, mailtrap_client, validating_transport
 
 ClientFactory = Callable[..., httpx.Client]

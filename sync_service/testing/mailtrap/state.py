@@ -1,7 +1,7 @@
 """The Mailtrap double's state: accounts, tokens, contact lists and custom fields.
 
 ``DoubleState`` is plain data plus the operations on accounts, lists and fields (contacts and
-imports are in ``double_contacts``). It does no locking of its own: every call happens under the
+imports are in ``contacts``). It does no locking of its own: every call happens under the
 owning ``MailtrapDouble``'s lock. Operations raise ``ApiError`` with Mailtrap's status and body
 when Mailtrap would refuse.
 
@@ -15,8 +15,8 @@ import itertools
 import random
 import uuid
 
-from sync_service.mailtrap.double_limits import ImportPolicy
-from sync_service.mailtrap.double_model import (
+from sync_service.testing.mailtrap.limits import ImportPolicy
+from sync_service.testing.mailtrap.model import (
     DATA_TYPES,
     MAX_FIELD_NAME_LENGTH,
     MAX_FIELDS_PER_ACCOUNT,

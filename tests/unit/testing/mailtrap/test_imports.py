@@ -7,9 +7,9 @@ from typing import Any
 import httpx
 import pytest
 
-from sync_service.mailtrap.double import FakeClock, ImportPolicy, MailtrapDouble
+from sync_service.testing.mailtrap.double import FakeClock, ImportPolicy, MailtrapDouble
 from tests.support.double_fixtures import CONTACTS
-from tests.unit.mailtrap.conftest import ClientFactory
+from tests.unit.testing.mailtrap.conftest import ClientFactory
 
 
 def _post(http: httpx.Client, *contacts: dict[str, Any]) -> httpx.Response:

@@ -25,7 +25,7 @@ from functools import lru_cache
 
 from email_validator import EmailNotValidError, validate_email
 
-from sync_service.mailtrap.double_model import (
+from sync_service.testing.mailtrap.model import (
     MAX_CONTACTS_PER_IMPORT,
     MAX_TEXT_LENGTH,
     Account,

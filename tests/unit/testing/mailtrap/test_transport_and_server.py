@@ -9,8 +9,9 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from sync_service.mailtrap.double import DropError, MailtrapDouble
-from sync_service.mailtrap.transport import ConnectionDropped, InProcessTransport
+from sync_service.errors import ConfigError
+from sync_service.testing.mailtrap.double import DropError, MailtrapDouble, serve
+from sync_service.testing.mailtrap.transport import ConnectionDropped, InProcessTransport
 from tests.support.double_fixtures import BASE_URL, CONTACTS, mailtrap_client
 
 
@@ -79,3 +80,14 @@ def test_real_server_drops_the_connection(
         with pytest.raises(raised):
             http.get(f"{CONTACTS}/lists")
         assert http.get(f"{CONTACTS}/lists").status_code == 200
+
+
+def test_serving_on_a_busy_port_names_the_address(double: MailtrapDouble,
+                                                  mailtrap_server: str) -> None:
+    """serve() on a port already in use fails at once with a ConfigError naming the address."""
+    port = int(mailtrap_server.rsplit(":", 1)[1])
+    with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"), \
+            serve(MailtrapDouble(), port=port):
+        pass  # pragma: no cover - serve() must refuse before the block runs
+    with mailtrap_client(httpx.HTTPTransport(), base_url=mailtrap_server) as http:
+        assert http.get(f"{CONTACTS}/lists").status_code == 200  # the first server is unharmed

@@ -7,9 +7,9 @@ import collections
 import httpx
 import pytest
 
-from sync_service.mailtrap.double import DropError, FakeClock, MailtrapDouble, RateLimits
+from sync_service.testing.mailtrap.double import DropError, FakeClock, MailtrapDouble, RateLimits
 from tests.support.double_fixtures import CONTACTS
-from tests.unit.mailtrap.conftest import ClientFactory
+from tests.unit.testing.mailtrap.conftest import ClientFactory
 
 _NO_LIMITS = RateLimits(account_requests=None, token_requests=None)
 

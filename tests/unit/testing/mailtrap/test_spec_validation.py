@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sync_service.mailtrap.double import MailtrapDouble
+from sync_service.testing.mailtrap.double import MailtrapDouble
 from tests.support import openapi
 from tests.support.double_fixtures import BASE_URL, CONTACTS, mailtrap_client
 from tests.support.openapi import ValidatingTransport

@@ -24,8 +24,9 @@ import re
 import socket
 import struct
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -34,13 +35,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sync_service.mailtrap import double_contacts as contacts
-from sync_service.mailtrap.double_limits import DropError, Fault
-from sync_service.mailtrap.double_model import Account, ApiError, Json, LoggedRequest
-from sync_service.mailtrap.transport import ConnectionDropped
-
-if TYPE_CHECKING:
-    from sync_service.mailtrap.double import MailtrapDouble
+from sync_service.testing.mailtrap import contacts
+from sync_service.testing.mailtrap.limits import DropError, Fault, Faults
+from sync_service.testing.mailtrap.model import Account, ApiError, Json, LoggedRequest
+from sync_service.testing.mailtrap.state import DoubleState
+from sync_service.testing.mailtrap.transport import ConnectionDropped
 
 RATE_LIMITED: Json = {"errors": "Rate limit exceeded"}
 UNEXPECTED: Json = {"errors": "Unexpected error"}
@@ -50,6 +49,38 @@ _ACCOUNT_PATH = re.compile(r"^/api/accounts/(\d+)(?:/|$)")
 _ACCOUNT = "/api/accounts/{account_id:int}/contacts"
 _READ_METHODS = frozenset({"GET", "HEAD"})
 _ONE = ["GET", "PATCH", "DELETE"]
+
+
+class Backend(Protocol):
+    """What the app needs from the double (``MailtrapDouble`` is one); all under ``lock``."""
+
+    @property
+    def lock(self) -> AbstractContextManager[Any]: ...
+
+    @property
+    def state(self) -> DoubleState: ...
+
+    @property
+    def clock(self) -> Callable[[], float]: ...
+
+    @property
+    def faults(self) -> Faults:
+        """The fault knobs (``quota_422`` and ``uncounted`` are read by the import routes)."""
+
+    def admit_rate(self, token: str, account_id: int | None) -> None:
+        """Count one request against the rate windows; ApiError 429 when over a limit."""
+
+    def next_fault(self) -> tuple[Fault | None, DropError]:
+        """The outcome forced or drawn for the request now arriving, and how a drop looks."""
+
+    def rejected_emails(self) -> frozenset[str]:
+        """Lower-cased emails that imports and contact calls must refuse."""
+
+    def import_fails(self) -> bool:
+        """Whether an import finishing now fails (drawn from the seeded failure rate)."""
+
+    def record(self, entry: LoggedRequest) -> None:
+        """Append one request to the log."""
 
 
 def token_of(headers: Any) -> str | None:
@@ -63,7 +94,7 @@ def token_of(headers: Any) -> str | None:
     return str(api_token) if api_token else None
 
 
-def build_app(double: MailtrapDouble) -> ASGIApp:
+def build_app(double: Backend) -> ASGIApp:
     """The ASGI app serving ``double``."""
     api = _Api(double)
     routes = [
@@ -103,9 +134,9 @@ Operation = Callable[[_Call], tuple[int, Json]]
 class _Api:
     """The endpoints; each maps to operations on the double's state."""
 
-    def __init__(self, double: MailtrapDouble) -> None:
+    def __init__(self, double: Backend) -> None:
         self.d = double
-        self.s = double._state
+        self.s = double.state
 
     async def _run(self, request: Request, operation: Operation) -> Response:
         payload = _parse(await request.body())
@@ -126,12 +157,12 @@ class _Api:
         params = dict(request.path_params)
         account_id = params.pop("account_id", None)
         if account_id is None:
-            self.d._admit_rate(token, None)
+            self.d.admit_rate(token, None)
             return _Call(token, Account(id=0, name=""), params, payload)
         level = self.s.tokens[token].get(account_id)
         if level is None or (level < 100 and request.method not in _READ_METHODS):
             raise ApiError(403, FORBIDDEN)
-        self.d._admit_rate(token, account_id)
+        self.d.admit_rate(token, account_id)
         return _Call(token, self.s.account(account_id), params, payload)
 
     async def accounts(self, request: Request) -> Response:
@@ -189,7 +220,7 @@ class _Api:
                     {"email": item["email"], "errors": {"base": ["contacts limit reached"]}}
                     for item in contacts_sent]})
             job = contacts.create_import(
-                self.s, c.account, c.payload, self.d._rejected_emails(), self.d.clock()
+                self.s, c.account, c.payload, self.d.rejected_emails(), self.d.clock()
             )
             return 201, job.to_json()
 
@@ -198,7 +229,7 @@ class _Api:
     async def one_import(self, request: Request) -> Response:
         def operation(c: _Call) -> tuple[int, Json]:
             job = contacts.poll_import(
-                self.s, c.account, c.params["import_id"], self.d.clock(), self.d._import_fails
+                self.s, c.account, c.params["import_id"], self.d.clock(), self.d.import_fails
             )
             body = job.to_json()
             if job.status == "finished" and self.d.faults.uncounted:
@@ -211,7 +242,7 @@ class _Api:
     async def contacts(self, request: Request) -> Response:
         def operation(c: _Call) -> tuple[int, Json]:
             created = contacts.create_contact(
-                self.s, c.account, c.payload, self.d._rejected_emails()
+                self.s, c.account, c.payload, self.d.rejected_emails()
             )
             return 201, {"data": created.to_json()}
 
@@ -224,7 +255,7 @@ class _Api:
                 return 200, {"data": contacts.get_contact(c.account, identifier).to_json()}
             if request.method == "PATCH":
                 action, found = contacts.update_contact(
-                    self.s, c.account, identifier, c.payload, self.d._rejected_emails()
+                    self.s, c.account, identifier, c.payload, self.d.rejected_emails()
                 )
                 return 200, {"action": action, "data": found.to_json()}
             contacts.delete_contact(c.account, identifier)
@@ -262,7 +293,7 @@ class _Exchange:
 class _Gateway:
     """Fault injection and the request log, around the Starlette app."""
 
-    def __init__(self, double: MailtrapDouble, inner: ASGIApp) -> None:
+    def __init__(self, double: Backend, inner: ASGIApp) -> None:
         self._double = double
         self._inner = inner
 
@@ -272,12 +303,12 @@ class _Gateway:
             return
         body = await _read_body(receive)
         started = self._double.clock()
-        fault, drop_error = self._double._next_fault()
+        fault, drop_error = self._double.next_fault()
         exchange = _exchange(scope, body, fault)
         try:
             await self._dispatch(scope, body, receive, send, exchange=exchange, drop=drop_error)
         finally:
-            self._double._record(
+            self._double.record(
                 LoggedRequest(
                     time=started,
                     method=exchange.method,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Mapping
 
-from sync_service.mailtrap.double_model import (
+from sync_service.testing.mailtrap.model import (
     Account,
     ApiError,
     Contact,
@@ -27,14 +27,14 @@ from sync_service.mailtrap.double_model import (
     not_found,
     unprocessable,
 )
-from sync_service.mailtrap.double_rules import (
+from sync_service.testing.mailtrap.rules import (
     check_email,
     check_fields,
     check_lists,
     import_errors,
     int_list,
 )
-from sync_service.mailtrap.double_state import DoubleState
+from sync_service.testing.mailtrap.state import DoubleState
 
 CONTACT_NOT_FOUND: Json = {"errors": "Contact(s) not found"}
 

@@ -1,0 +1,1 @@
+"""A stateful test double of Mailtrap's contacts API (see ``double``)."""

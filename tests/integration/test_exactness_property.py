@@ -77,11 +77,12 @@ def _sync(h: PeopleHarness, edits: list[tuple[int, Edit]]) -> None:
             edit_now()
 
 
-def _until_quiet(state_url: str, source_url: str, runs: list[list[tuple[int, Edit]]]) -> None:
+def _until_quiet(state_url: str, source_url: str, runs: list[list[tuple[int, Edit]]],
+                 batch_size: int = 50_000) -> None:
     double = MailtrapDouble()
     transport = validating_transport(double)
     h = PeopleHarness(double, transport, People(source_url),  # type: ignore[arg-type]
-                      state_url, fetch_size=2)
+                      state_url, fetch_size=2, batch_size=batch_size)
     try:
         src = h.source
         assert isinstance(src, People)
@@ -104,13 +105,14 @@ def _until_quiet(state_url: str, source_url: str, runs: list[list[tuple[int, Edi
 
 @settings(max_examples=30, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(runs=_runs)
-def test_syncing_until_quiet_makes_mailtrap_equal_the_source(runs: list[list[tuple[int, Edit]]]
-                                                             ) -> None:
-    """Random edits between pages of several syncs: after syncs until quiet, list == source."""
+@given(runs=_runs, batch_size=st.sampled_from([2, 3, 50_000]))
+def test_syncing_until_quiet_makes_mailtrap_equal_the_source(
+        runs: list[list[tuple[int, Edit]]], batch_size: int) -> None:
+    """Random edits between pages of several syncs (imports of 2, 3 or up to 50,000
+    contacts): after syncs until quiet, Mailtrap's list equals the source."""
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / uuid.uuid4().hex}.db"
-        _until_quiet(url.replace(".db", "-state.db"), url, runs)
+        _until_quiet(url.replace(".db", "-state.db"), url, runs, batch_size)
 
 
 @pytest.mark.postgres

@@ -19,7 +19,7 @@ kept there). What this module adds:
    fencing token, see ``state.leases``), and a run whose renewals have failed for ``lease_ttl``
    stops before posting anything more. A holder that died (SIGKILL) is noticed through the
    ``HolderLock`` it held, and its lease is taken over at once; ``lease_ttl`` (setting, default
-   60 s) stays the last resort for a holder that is alive but cut off.
+   60 s) stays the last resort for a holder that is alive but cut off (``lease.LeaseKeeper``).
 8. ``retry`` re-reads the current source rows of rejected contacts and sends them again; a
    contact Mailtrap refused is otherwise not posted again until its row changes.
 9. Identities never get stuck: an address belongs to a live key only (the source row of a key
@@ -50,14 +50,8 @@ import structlog
 from sync_service.connector import Connector, load_connector
 from sync_service.delivery import BatchBuilder, Courier, Sink, count_change
 from sync_service.diff import Change, Differ, Mapped, OnRecord, Pending, View
-from sync_service.errors import (
-    ConfigError,
-    Interrupted,
-    LeaseLost,
-    PipelineBusy,
-    Stopped,
-    SyncError,
-)
+from sync_service.errors import ConfigError, Interrupted, LeaseLost, Stopped, SyncError
+from sync_service.lease import LeaseKeeper
 from sync_service.mailtrap.client import MailtrapClient
 from sync_service.mapping import Mapper
 from sync_service.models import (
@@ -72,7 +66,6 @@ from sync_service.models import (
 from sync_service.observers import RunObserver  # in __all__: its old home was this module
 from sync_service.settings import AppSettings, PipelineSettings
 from sync_service.state import StateReader, StateStore
-from sync_service.state.store import Fence
 
 log = structlog.get_logger(__name__)
 READ_CHUNK = 2_000
@@ -134,8 +127,7 @@ class SyncJob:
         self.owner = owner or new_owner()
         self.observer = observer
         self.lease_ttl = lease_ttl if lease_ttl is not None else settings.lease_ttl
-        self._lease_lost = threading.Event()
-        self._renewed_at = time.monotonic()
+        self._keeper = LeaseKeeper(store, self.name, self.owner, self.lease_ttl)
         self._connector: Connector | None = None
 
     # entry points ------------------------------------------------------------------------
@@ -182,7 +174,7 @@ class SyncJob:
     ) -> RunResult:
         started = time.monotonic()
         base = self.store
-        with self._lease() as fenced, self.client.stoppable(self._stopping):
+        with self._keeper.held() as fenced, self.client.stoppable(self._stopping):
             self.store = fenced  # every write of the run checks the lease's generation
             try:
                 self.store.interrupt_stale_runs(self.name)
@@ -226,65 +218,8 @@ class SyncJob:
             log.exception("run.crashed")
             result.outcome, result.error = RunOutcome.FAILED, f"internal error: {exc!r}"
 
-    @contextmanager
-    def _lease(self) -> Iterator[StateStore]:
-        """Hold the lease (and the HolderLock) for the run; yields the fenced store."""
-        lock = self.store.holder_lock(self.name)
-        try:
-            # Getting the lock means no live process holds the lease: take it over at once.
-            dead = lock.try_acquire()
-            self._renewed_at = time.monotonic()
-            generation = self.store.take_lease(self.name, self.owner, self.lease_ttl, force=dead)
-        except BaseException:
-            lock.release()
-            raise
-        if generation is None:
-            lock.release()
-            holder = self.store.lease_holder(self.name)
-            who = holder[0] if holder else "another process"
-            raise PipelineBusy(f"pipeline {self.name} is busy: its lease is held by {who}")
-        self._lease_lost.clear()
-        done = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(done, generation), daemon=True,
-                                name=f"lease-{self.name}")
-        beat.start()
-        try:
-            yield self.store.fenced(Fence(self.name, self.owner, generation))
-        finally:
-            done.set()
-            beat.join(timeout=5)
-            try:
-                self.store.release_lease(self.name, self.owner)
-            finally:
-                lock.release()
-
-    def _heartbeat(self, done: threading.Event, generation: int) -> None:
-        while not done.wait(self.lease_ttl / 4):
-            attempt = time.monotonic()
-            try:
-                renewed = self.store.renew_lease(self.name, self.owner, self.lease_ttl,
-                                                 generation)
-            except SyncError as exc:
-                log.warning("lease.renew_failed", pipeline=self.name, error=str(exc))
-                if self._lease_expired():
-                    log.error("lease.expired", pipeline=self.name)
-                    self._lease_lost.set()
-                    return
-                continue
-            if not renewed:
-                log.error("lease.lost", pipeline=self.name)
-                self._lease_lost.set()
-                return
-            self._renewed_at = attempt
-
-    def _lease_expired(self) -> bool:
-        # Measured from before the last successful renewal was sent: never later than the
-        # expiry the database recorded, so another process cannot have taken over before this.
-        return time.monotonic() - self._renewed_at >= self.lease_ttl
-
     def check_stop(self) -> None:
-        if self._lease_lost.is_set() or self._lease_expired():
-            self._lease_lost.set()
+        if self._keeper.lost():
             raise LeaseLost(f"pipeline {self.name}: the lease was lost or could not be renewed "
                             f"for {self.lease_ttl:g} s; another process may run it, so nothing "
                             "more is posted")
@@ -292,7 +227,7 @@ class SyncJob:
             raise Interrupted("stop requested")
 
     def _stopping(self) -> bool:
-        return self.stop.is_set() or self._lease_lost.is_set() or self._lease_expired()
+        return self.stop.is_set() or self._keeper.lost()
 
     # preparation ---------------------------------------------------------------------------
     @contextmanager

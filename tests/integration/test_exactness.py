@@ -363,3 +363,14 @@ def test_an_import_that_accounts_for_fewer_contacts_commits_nothing(h: PeopleHar
     h.sync()
     h.assert_exact()
     assert h.store.get_contacts(PIPELINE, ["1"])["1"].hash != stored.hash
+
+
+def test_a_job_holding_no_lease_is_never_told_its_lease_expired(h: PeopleHarness) -> None:
+    """Outside a run (a plan takes no lease) the lease timer is not consulted: a plan that
+    starts long after the job was made reads to the end."""
+    _seed(h)
+    job = h.job(lease_ttl=0.05)
+    time.sleep(0.1)
+    job.check_stop()  # raises nothing
+    plan = job.plan()
+    assert plan.counts["unchanged"] == 6

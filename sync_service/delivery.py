@@ -233,6 +233,9 @@ class Courier:
             return
         told = (final.created_contacts_count + final.updated_contacts_count
                 + (final.contacts_over_limit_count or 0))
+        if told > sent:  # every contact accounted for; Mailtrap counted some twice
+            log.warning("import.overcounted", batch_id=batch_id, import_id=final.id, sent=sent,
+                        accounted=told)
         if told >= sent:
             return
         reason = (f"import {final.id} finished with created {final.created_contacts_count} + "

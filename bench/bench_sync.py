@@ -133,9 +133,9 @@ class _TimedDiffer(Differ):
         with self.timings[-1].measure("map+hash"):
             return super().map(records)
 
-    def diff(self, *args: Any) -> Any:
+    def decide(self, *args: Any) -> Any:
         with self.timings[-1].measure("diff"):
-            return super().diff(*args)
+            return super().decide(*args)
 
 
 class _TimedJob(SyncJob):
@@ -165,7 +165,8 @@ def _instrument(store: StateStore, client: MailtrapClient, timings: list[Timings
 
         setattr(target, method, timed)
 
-    for method, name in (("get_contacts", "state look-ups"), ("get_owners", "state look-ups"),
+    for method, name in (("get_contacts", "state look-ups"), ("get_holders", "state look-ups"),
+                         ("get_rejections", "state look-ups"),
                          ("record_rejections", "record rejections"),
                          ("record_batch", "record_batch"),
                          ("mark_batch_posted", "mark_batch_posted"),

@@ -53,6 +53,7 @@ from sync_service.errors import ConfigError, SourceError
 from sync_service.logging import redact
 from sync_service.models import Position, SourceRecord
 
+from .sql_cursor import numeric_cursor_without_lookback, pin_session_time_zone
 from .sql_guards import (
     check_cursor_order,
     check_lookback,
@@ -125,6 +126,8 @@ class SqlConnector:
                                   ) from exc
             raise
         log.info("sql.check_ok", source=shape.label, url=self._safe_url, columns=len(shape.names))
+        with self._connection("checking") as conn:
+            numeric_cursor_without_lookback(conn, shape, self.settings)
 
     def columns(self) -> tuple[str, ...]:
         """The columns each record's ``values`` holds (what a mapping may name)."""
@@ -368,10 +371,23 @@ def _same_order_class(shape: SourceShape, cursor: Any, seen: dict[str, int]) -> 
 
 def _after(shape: SourceShape, cursor: Any, key: Any) -> _Condition:
     """Rows strictly after (cursor, key) in (cursor, key) order."""
+    bound = _in_column_precision(shape, cursor)
     condition: _Condition = sa.or_(
-        shape.cursor > cursor, sa.and_(shape.cursor == cursor, shape.key > key)
+        shape.cursor > bound, sa.and_(shape.cursor == bound, shape.key > key)
     )
     return condition
+
+
+def _in_column_precision(shape: SourceShape, cursor: Any) -> Any:
+    """A float cursor, cast to its column's type before comparing.
+
+    A single-precision value (PostgreSQL ``real``, MariaDB ``FLOAT``) comes back as its shortest
+    decimal (0.1), which as a double is below the stored value: compared as a double, every row
+    holding it would be "after" it, and a full page of equal values would be read forever.
+    """
+    if shape.cursor_type is float and not isinstance(shape.cursor.type, sa.types.NullType):
+        return sa.cast(sa.literal(cursor, sa.Float()), shape.cursor.type)
+    return cursor
 
 
 def _create_engine(url: URL, safe_url: str) -> Engine:
@@ -383,6 +399,8 @@ def _create_engine(url: URL, safe_url: str) -> Engine:
     if backend in ("postgresql", "mysql", "mariadb") and "connect_timeout" not in url.query:
         kwargs["connect_args"] = {"connect_timeout": _CONNECT_TIMEOUT_S}
     try:
-        return sa.create_engine(url, **kwargs)
+        engine = sa.create_engine(url, **kwargs)
     except (sa.exc.ArgumentError, ImportError) as exc:
         raise ConfigError(f"cannot use source URL {safe_url}: {exc}") from exc
+    pin_session_time_zone(engine)
+    return engine

@@ -22,13 +22,14 @@ A failed import is posted again, then in halves, at most ``MAX_IMPORT_FAILURES``
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
 
-from sync_service.diff import Change
+from sync_service.diff import Change, Pending
 from sync_service.errors import ImportFailed as ImportFailed  # noqa: PLC0414 - old home
 from sync_service.errors import Interrupted as Interrupted  # noqa: PLC0414 - old home
 from sync_service.errors import (
@@ -77,6 +78,8 @@ class Courier:
     check_stop: Callable[[], None]
     stopping: Callable[[], bool]
     observer: RunObserver | None = None
+    # Imports this run saw finished and committed: a key confirmed by one was read in this run.
+    confirmed: set[int] = field(default_factory=set)
 
     def recover(self) -> None:
         """Finish what a previous, interrupted run left: poll known imports, drop the rest."""
@@ -92,14 +95,19 @@ class Courier:
                     log.warning("recovery.import_unknown", batch_id=batch.id,
                                 import_id=batch.import_id)
                     continue
-                self._settle(batch.id, final, None)
+                self._settle(batch.id, final, None, sent=batch.size)
             else:
                 self.store.fail_batch(batch.id, "never got an import id; contacts are re-read "
                                       "from the source", status=BatchStatus.ABANDONED)
                 log.info("recovery.abandoned", batch_id=batch.id)
 
-    def deliver(self, entries: list[ImportEntry], watermark: Position | None) -> None:
-        """Send one batch: record, post, poll, commit; the watermark goes with its last part."""
+    def deliver(self, entries: list[ImportEntry], watermark: Position | None,
+                forget: Sequence[str] = ()) -> None:
+        """Send one batch: record, post, poll, commit; the watermark (and the keys to forget)
+        go with its last part."""
+        if not entries:
+            self.store.advance(self.name, watermark, forget)
+            return
         parts, failures, refusals = [entries], 0, 0
         budget = 2 * math.ceil(math.log2(len(entries) + 1)) + 2
         while parts:
@@ -113,9 +121,12 @@ class Courier:
                 parts[:0] = self._isolate(batch_id, refusal, exhausted=refusals > budget)
                 import_id = None
             if import_id is None:
-                self._advance(None if parts else watermark)
+                if not parts:
+                    self.store.advance(self.name, watermark, forget)
                 continue
-            if self._settle(batch_id, self._wait(import_id), None if parts else watermark):
+            last = not parts
+            if self._settle(batch_id, self._wait(import_id), watermark if last else None,
+                            forget if last else (), sent=len(part)):
                 continue
             failures += 1
             if failures >= MAX_IMPORT_FAILURES:
@@ -123,11 +134,6 @@ class Courier:
                                    f"{len(part)} contacts will be sent again on the next run")
             half = len(part) // 2
             parts[:0] = [part[:half], part[half:]] if failures >= 2 and half else [part]
-
-    def _advance(self, watermark: Position | None) -> None:
-        # Only when nothing of this batch went out: every earlier part and batch is confirmed.
-        if watermark is not None:
-            self.store.set_watermark(self.name, watermark)
 
     def _post(self, batch_id: int, part: list[ImportEntry]) -> tuple[list[ImportEntry], int | None]:
         """POST the import; take out contacts Mailtrap rejects (422) and post the rest."""
@@ -148,7 +154,9 @@ class Courier:
         """Record the keys whose entries Mailtrap named; the entries left to post again."""
         named = _named_emails(exc.contact_errors, part)
         if not named:
+            self._quota_refusal(batch_id, part, {"": [str(exc.body)]})
             raise _Unattributed(str(exc), part)
+        self._quota_refusal(batch_id, part, named)
         keys = {e.source_key for e in part if e.email in named}
         dropped = [e for e in part if e.source_key in keys]
         self.store.record_rejections(self.name, self.run_id, [
@@ -192,11 +200,14 @@ class Courier:
             self.observer.import_done(self.name, final)
         return final
 
-    def _settle(self, batch_id: int, final: ImportResult, watermark: Position | None) -> bool:
+    def _settle(self, batch_id: int, final: ImportResult, watermark: Position | None,
+                forget: Sequence[str] = (), *, sent: int) -> bool:
         """Commit a finished import; record a failed one. True when committed."""
         over = final.contacts_over_limit_count or 0
         if final.status == "finished" and over == 0:
-            self.store.confirm_batch(batch_id, final, watermark)
+            self._check_counts(batch_id, final, sent)
+            self.store.confirm_batch(batch_id, final, watermark, forget)
+            self.confirmed.add(final.id)
             _add(self.counts, "imports", 1)
             _add(self.counts, "sent", (final.created_contacts_count or 0)
                  + (final.updated_contacts_count or 0))
@@ -214,6 +225,45 @@ class Courier:
         _add(self.counts, "imports_failed", 1)
         log.warning("import.failed", batch_id=batch_id, import_id=final.id)
         return False
+
+
+    def _check_counts(self, batch_id: int, final: ImportResult, sent: int) -> None:
+        """ImportFailed when Mailtrap accounts for fewer contacts than were sent."""
+        if final.created_contacts_count is None or final.updated_contacts_count is None:
+            return
+        told = (final.created_contacts_count + final.updated_contacts_count
+                + (final.contacts_over_limit_count or 0))
+        if told > sent:  # every contact accounted for; Mailtrap counted some twice
+            log.warning("import.overcounted", batch_id=batch_id, import_id=final.id, sent=sent,
+                        accounted=told)
+        if told >= sent:
+            return
+        reason = (f"import {final.id} finished with created {final.created_contacts_count} + "
+                  f"updated {final.updated_contacts_count} + over limit "
+                  f"{final.contacts_over_limit_count or 0} = {told} of {sent} contacts sent: "
+                  f"{sent - told} are unaccounted for, so nothing of this batch is confirmed "
+                  "and its contacts go out again on the next run")
+        self.store.fail_batch(batch_id, reason)
+        _add(self.counts, "unaccounted", sent - told)
+        log.error("import.unaccounted", batch_id=batch_id, import_id=final.id, sent=sent,
+                  accounted=told)
+        raise ImportFailed(reason)
+
+    def _quota_refusal(self, batch_id: int, part: Sequence[ImportEntry],
+                       named: dict[str, list[str]]) -> None:
+        """ImportFailed when a 422 says, for every contact it names, that the quota is full."""
+        reasons = [r for found in named.values() for r in found]
+        if not reasons or not all(_QUOTA.search(r) for r in reasons):
+            return
+        reason = (f"Mailtrap's contact quota is full (422: {reasons[0]}); nothing of this "
+                  "batch is confirmed, and it is sent again when there is room")
+        self.store.fail_batch(batch_id, reason)
+        _add(self.counts, "over_limit", len(part))
+        log.error("import.over_limit", batch_id=batch_id, over_limit=len(part))
+        raise ImportFailed(reason)
+
+
+_QUOTA = re.compile(r"contacts?\b.*\blimit|\blimit\b.*\bcontacts?", re.IGNORECASE)
 
 
 def _named_emails(errors: dict[str, list[str]],
@@ -245,7 +295,8 @@ def _rejection(key: str, entries: Sequence[ImportEntry],
                          if entry.kind is ChangeKind.UNLIST and entry is not sent else text)
     if sent.email not in reasons:
         parts.append(f"so {sent.email} was not sent either")
-    return Rejection(key, sent.email, RejectKind.MAILTRAP, "; ".join(parts))
+    refused = sent.hash if sent.kind is not ChangeKind.UNLIST else None
+    return Rejection(key, sent.email, RejectKind.MAILTRAP, "; ".join(parts), refused)
 
 
 def _add(counts: dict[str, int], key: str, value: int) -> None:
@@ -263,33 +314,51 @@ def count_change(counts: dict[str, int], change: Change) -> None:
     """Count one record by what it meant: read, and its kind of change or rejection."""
     _add(counts, "read", 1)
     if change.rejection is not None:
-        key = {RejectKind.DUPLICATE: "duplicate"}.get(change.rejection.kind, "invalid")
+        key = {RejectKind.DUPLICATE: "duplicate",
+               RejectKind.DUPLICATE_KEY: "duplicate_key"}.get(change.rejection.kind, "invalid")
         _add(counts, key, 1)
+    elif change.still_refused:
+        _add(counts, "still_refused", 1)
     elif change.kind is not None:
         _add(counts, _KIND_COUNT[change.kind], 1)
 
 
 class Sink(Protocol):
-    """Where the job's scan puts changes: the batch builder, or the plan's counter."""
+    """Where the job's scan puts changes: the batch builder, or the plan's counter.
 
-    def pending(self) -> dict[str, str]: ...
+    ``pending`` is what is queued and not confirmed; ``flushes`` counts the batches handed on
+    (after one, the job looks the state up again); ``flush`` hands on the batch being built.
+    """
+
+    pending: Pending
+    flushes: int
 
     def accept(self, changes: Sequence[Change]) -> None: ...
 
+    def flush(self) -> None: ...
+
+    def resolved(self, keys: Sequence[str]) -> None: ...
+
+    def sent_in_run(self, import_id: int | None) -> bool: ...
+
 
 class BatchBuilder:
-    """Builds batches from changes in order and hands each full one to the courier."""
+    """Builds batches from changes in order and hands each full one to the courier.
+
+    A key appears at most once per batch, and so does an address: a change that would repeat
+    one goes in the next batch (the one being built is sent first), so every import is a set of
+    upserts Mailtrap may apply in any order.
+    """
 
     def __init__(self, courier: Courier, batch_size: int, *, advance: bool) -> None:
         self.courier, self.size, self.advance = courier, batch_size, advance
         self.store, self.name = courier.store, courier.name
         self.floor = self.store.get_watermark(self.name) if advance else None
         self.entries: list[ImportEntry] = []
-        self.emails: dict[str, str] = {}
+        self.forget: list[str] = []
+        self.pending = Pending()
+        self.flushes = 0
         self.last_done: Position | None = None
-
-    def pending(self) -> dict[str, str]:
-        return self.emails
 
     def accept(self, changes: Sequence[Change]) -> None:
         rejections = [c.rejection for c in changes if c.rejection is not None]
@@ -297,22 +366,41 @@ class BatchBuilder:
             self.store.record_rejections(self.name, self.courier.run_id, rejections)
         for change in changes:
             count_change(self.courier.counts, change)
-            for entry in change.entries:
-                if len(self.entries) >= self.size or entry.email in self.emails:
+            if change.entries or change.forget:
+                if self._clashes(change):
                     self.flush()
-                self.entries.append(entry)
-                self.emails[entry.email] = entry.source_key
+                self.entries.extend(change.entries)
+                if change.forget:
+                    self.forget.append(change.source_key)
+                self.pending.add(change)
             self.last_done = change.position
             if len(self.entries) >= self.size:
                 self.flush()
 
+    def _clashes(self, change: Change) -> bool:
+        if change.source_key in self.pending.keys:
+            return True
+        if len(self.entries) + len(change.entries) > self.size and self.entries:
+            return True
+        return any(entry.email in self.pending.emails for entry in change.entries)
+
+    def resolved(self, keys: Sequence[str]) -> None:
+        """Keys whose duplicate-key rejection no longer holds (the source has one row)."""
+        self.store.clear_rejections(self.name, keys, kind=RejectKind.DUPLICATE_KEY)
+
+    def sent_in_run(self, import_id: int | None) -> bool:
+        return import_id is not None and import_id in self.courier.confirmed
+
     def flush(self) -> None:
-        if self.entries:
-            entries, self.entries, self.emails = self.entries, [], {}
-            self.courier.deliver(entries, self._advance_to(self.last_done))
+        if self.entries or self.forget:
+            entries, forget = self.entries, self.forget
+            self.entries, self.forget = [], []
+            self.pending.clear()
+            self.flushes += 1
+            self.courier.deliver(entries, self._advance_to(self.last_done), forget)
 
     def finish(self) -> None:
-        if self.entries:
+        if self.entries or self.forget:
             self.flush()
         elif (mark := self._advance_to(self.last_done)) is not None:
             self.store.set_watermark(self.name, mark)

@@ -1,25 +1,37 @@
-"""Pure change detection: source records + what the state store confirmed → changes to send.
+"""Pure change detection: source records + the newest known state → changes to send.
 
-No I/O here. The job looks up the stored contacts and email owners for a chunk of records, then
-asks ``Differ.diff`` what each record means. Each ``Change`` keeps its record's position so the
-job can move the watermark exactly past the records whose changes are confirmed (invariant 1).
+No I/O here. For a stretch of records the job looks up a ``View`` (confirmed contacts, which keys
+hold which address, the live owner check, rejections on record) and keeps a ``Pending`` (what the
+batch being built has queued and Mailtrap has not confirmed yet); ``Differ.decide`` then says
+what one record means. Each ``Change`` keeps its record's position so the job can move the
+watermark exactly past the records whose changes are confirmed (invariant 1).
 
 Rules:
-- a contact is sent only when the hash of what would be sent differs from the confirmed hash
-  (invariant 2), unless ``resend`` is set;
-- two source keys with one email: the key that already owns it in the state store wins, else the
-  first in (cursor, key) order (it is in the batch being built); the other is rejected as a
-  duplicate, with the winner named;
-- an email that changes on the same key: the old address leaves the pipeline's lists through an
-  exclusion-only entry (``list_ids_excluded``), the new one is sent;
-- a deleted source record: its address leaves the pipeline's lists, and its stored hash is
-  replaced by a tombstone so the record is sent again if it comes back.
+- **newest state** (invariant 2): a record is compared with its key's newest state. The job
+  never asks about a key that is still queued in the batch being built (it sends that batch
+  first, or rejects a duplicated source key), so the newest state is the confirmed one, looked
+  up after the last confirmation. A contact is sent only when its hash differs from it, unless
+  ``resend`` is set.
+- **refused contacts** (invariant 8): a key whose last hash Mailtrap refused (422) is not posted
+  again while its row still maps to that hash, unless ``resend`` (``retry``) is set.
+- **ownership** (invariant 9): an address belongs to a *live* holder only. A holder is a key
+  whose newest state (queued, else confirmed and not a tombstone) has the address and, for a
+  confirmed holder, whose current source row still maps to it (``View.live``, checked by the job
+  only when another key claims the address). A record claiming an address a live holder keeps
+  is rejected as a duplicate, with the holder named; deleted keys, moves and swaps release
+  addresses, so they resolve in the run in which they are read.
+- **leaving an address**: when a key's address changes or the key is deleted, the old address
+  leaves the pipeline's lists through an exclusion-only entry (``list_ids_excluded``), unless
+  another key now holds it. A deleted key whose address another key holds sends nothing and is
+  forgotten (``Change.forget``) once its batch is confirmed.
+- **deleted records**: the address leaves the lists and the stored hash becomes a tombstone, so
+  the record is sent again if it comes back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from sync_service.errors import MappingRejected
 from sync_service.mapping import Mapper, contact_hash
@@ -46,6 +58,10 @@ class Change:
     kind: ChangeKind | None
     entries: tuple[ImportEntry, ...] = ()
     rejection: Rejection | None = None
+    # A deleted key whose address another key holds: nothing is sent, its state is dropped.
+    forget: bool = False
+    # Nothing sent because Mailtrap refused this very contact before (invariant 8).
+    still_refused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +72,51 @@ class Mapped:
     contact: Contact | None = None
     digest: str | None = None
     rejection: Rejection | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OnRecord:
+    """A rejection the state store holds for a key: its kind, and the hash Mailtrap refused."""
+
+    kind: RejectKind
+    hash: str | None = None
+
+
+@dataclass
+class View:
+    """What the job looked up for a stretch of records (all of it is confirmed state)."""
+
+    stored: Mapping[str, StoredContact] = field(default_factory=dict)
+    # address -> keys whose confirmed contact has it (tombstones excluded)
+    holders: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    # key -> the addresses its current source rows map to (none: gone, deleted, unmappable);
+    # only for confirmed holders of an address some other key claims
+    live: Mapping[str, Collection[str]] = field(default_factory=dict)
+    rejections: Mapping[str, OnRecord] = field(default_factory=dict)
+
+
+@dataclass
+class Pending:
+    """What the batch being built has queued (not confirmed yet)."""
+
+    keys: dict[str, str | None] = field(default_factory=dict)  # key -> address it takes, or None
+    emails: dict[str, str] = field(default_factory=dict)  # address -> key, for every entry
+    takes: dict[str, str] = field(default_factory=dict)  # address -> key that now takes it
+
+    def add(self, change: Change) -> None:
+        if not change.entries and not change.forget:
+            return
+        self.keys.setdefault(change.source_key, None)
+        for entry in change.entries:
+            self.emails[entry.email] = entry.source_key
+            if entry.hash is not None and entry.hash != TOMBSTONE:
+                self.keys[entry.source_key] = entry.email
+                self.takes[entry.email] = entry.source_key
+
+    def clear(self) -> None:
+        self.keys.clear()
+        self.emails.clear()
+        self.takes.clear()
 
 
 class Differ:
@@ -94,46 +155,47 @@ class Differ:
         owners: Mapping[str, str],
         pending: Mapping[str, str],
     ) -> list[Change]:
-        """One Change per record, in order.
+        """One Change per record, in order, for records with distinct keys (tests, benches).
 
-        ``stored``: confirmed state by source key; ``owners``: confirmed email → source key;
-        ``pending``: email → source key of entries already in the batch being built.
+        ``owners``: confirmed address → key (every holder taken as live); ``pending``: address →
+        key of entries already queued.
         """
-        claimed = dict(pending)
+        queued = Pending(emails=dict(pending), takes=dict(pending))
+        queued.keys.update({key: email for email, key in pending.items()})
+        view = View(stored=stored, holders={email: [key] for email, key in owners.items()})
         changes = []
         for item in mapped:
-            change = self._one(item, stored.get(item.record.key_str), owners, claimed)
-            for entry in change.entries:
-                claimed.setdefault(entry.email, entry.source_key)
+            change = self.decide(item, view, queued)
+            queued.add(change)
             changes.append(change)
         return changes
 
-    def _one(
-        self,
-        item: Mapped,
-        stored: StoredContact | None,
-        owners: Mapping[str, str],
-        claimed: Mapping[str, str],
-    ) -> Change:
+    def decide(self, item: Mapped, view: View, pending: Pending) -> Change:
+        """What ``item`` means against the newest state (``view`` overlaid with ``pending``)."""
         record, contact, digest = item.record, item.contact, item.digest
         key = record.key_str
+        stored = view.stored.get(key)
         if record.deleted:
-            return self._deleted(record, stored)
+            return self._deleted(record, stored, view, pending)
         if contact is None or digest is None:
             return Change(record.position, key, None, rejection=item.rejection)
-        owner = owners.get(contact.email) or claimed.get(contact.email)
-        if owner is not None and owner != key:
-            reason = f"email {contact.email} already belongs to source key {owner}"
+        holder = self._live_holder(contact.email, key, view, pending)
+        if holder is not None:
+            reason = f"email {contact.email} already belongs to source key {holder}"
             rejection = Rejection(key, contact.email, RejectKind.DUPLICATE, reason)
             return Change(record.position, key, None, rejection=rejection)
+        on_record = view.rejections.get(key)
+        if (not self.resend and on_record is not None and on_record.kind is RejectKind.MAILTRAP
+                and on_record.hash == digest):
+            return Change(record.position, key, ChangeKind.UNCHANGED, still_refused=True)
         if stored is not None and stored.hash == digest and not self.resend:
             return Change(record.position, key, ChangeKind.UNCHANGED)
         entries: list[ImportEntry] = []
         fresh = stored is None or stored.hash == TOMBSTONE
         kind = ChangeKind.CREATE if fresh else ChangeKind.UPDATE
-        if stored is not None and stored.email != contact.email:
+        if stored is not None and not fresh and stored.email != contact.email:
             kind = ChangeKind.EMAIL_CHANGE
-            if self.mapper.list_ids:
+            if self.mapper.list_ids and not self._held(stored.email, key, view, pending):
                 entries.append(self._unlist(key, stored.email, None))
         entries.append(ImportEntry(
             source_key=key, email=contact.email, kind=kind, fields=contact.fields,
@@ -141,12 +203,38 @@ class Differ:
         ))
         return Change(record.position, key, kind, entries=tuple(entries))
 
-    def _deleted(self, record: SourceRecord, stored: StoredContact | None) -> Change:
+    def _deleted(self, record: SourceRecord, stored: StoredContact | None, view: View,
+                 pending: Pending) -> Change:
         key = record.key_str
         if stored is None or stored.hash == TOMBSTONE:
             return Change(record.position, key, ChangeKind.UNCHANGED)
+        if self._held(stored.email, key, view, pending):
+            return Change(record.position, key, ChangeKind.UNLIST, forget=True)
         entry = self._unlist(key, stored.email, TOMBSTONE)
         return Change(record.position, key, ChangeKind.UNLIST, entries=(entry,))
+
+    @staticmethod
+    def _holds(other: str, email: str, view: View, pending: Pending, *, check_live: bool
+               ) -> bool:
+        if other in pending.keys:
+            return pending.keys[other] == email
+        return not check_live or email in view.live.get(other, (email,))
+
+    def _live_holder(self, email: str, key: str, view: View, pending: Pending) -> str | None:
+        """The smallest other key that holds ``email`` and whose source row still has it."""
+        taker = pending.takes.get(email)
+        found = [taker] if taker is not None and taker != key else []
+        found += [k for k in view.holders.get(email, ()) if k != key
+                  and self._holds(k, email, view, pending, check_live=True)]
+        return min(found) if found else None
+
+    def _held(self, email: str, key: str, view: View, pending: Pending) -> bool:
+        """Whether another key's newest state has ``email`` (so it must stay listed)."""
+        taker = pending.takes.get(email)
+        if taker is not None and taker != key and pending.keys.get(taker) == email:
+            return True
+        return any(k != key and self._holds(k, email, view, pending, check_live=False)
+                   for k in view.holders.get(email, ()))
 
     def _unlist(self, key: str, email: str, digest: str | None) -> ImportEntry:
         return ImportEntry(

@@ -204,3 +204,10 @@ class ApiNotFound(ApiError):
 
 class ApiCancelled(RequestCancelled):
     """A source API wait given up on a stop request; nothing more was sent."""
+
+
+# --- exact (issue 7) ---
+
+
+class LeaseLost(StateError):
+    """The run no longer holds its pipeline's lease (fenced): it may neither post nor commit."""

@@ -4,12 +4,28 @@ This is the only place where the connector, the diff, the state store and the Ma
 meet; sending is delegated to ``delivery`` (its docstring says how invariants 1, 3 and 8 are
 kept there). What this module adds:
 
-2. Nothing unchanged is sent: records are mapped and hashed, and compared with the confirmed
-   hashes of the state store, a chunk at a time (``Differ``).
-7. One pipeline in one place: the run holds the pipeline's lease in the state store and renews
-   it; if the lease is lost, nothing more is posted. A lease left by a killed process expires
-   after ``lease_ttl`` (setting, default 60 s).
-8. ``retry`` re-reads the current source rows of rejected contacts and sends them again.
+2. Nothing unchanged is sent, and every change is judged against the newest state: records
+   are mapped and hashed and compared with the state store a chunk at a time (``Differ``). A
+   key read again while its earlier row is still queued in the batch being built (a row edited
+   while the run reads comes back later in the same run) makes the job send that batch first
+   and look the state up again, so the later row is diffed against what Mailtrap confirmed for
+   the earlier one: a key appears at most once per import, the newest row wins, and every
+   address the key held is unlisted. After every batch sent, the rest of the chunk is looked
+   up again.
+   A key read twice in one run is checked against the source (``Connector.fetch``): if the
+   source holds two rows for it, the later one is rejected as ``duplicate_key`` (issue 8).
+7. One pipeline in one place: the run holds the pipeline's lease and renews it; every write the
+   run makes to the state store checks the lease's generation in the same transaction (a
+   fencing token, see ``state.leases``), and a run whose renewals have failed for ``lease_ttl``
+   stops before posting anything more. A holder that died (SIGKILL) is noticed through the
+   ``HolderLock`` it held, and its lease is taken over at once; ``lease_ttl`` (setting, default
+   60 s) stays the last resort for a holder that is alive but cut off (``lease.LeaseKeeper``).
+8. ``retry`` re-reads the current source rows of rejected contacts and sends them again; a
+   contact Mailtrap refused is otherwise not posted again until its row changes.
+9. Identities never get stuck: an address belongs to a live key only (the source row of a key
+   that holds an address another key claims is fetched to see whether it still has it), and at
+   the end of a sync the keys rejected as duplicates whose address was let go are fetched and
+   sent.
 
 A stop request (SIGTERM, SIGINT, daemon shutdown) is honoured between steps and cuts every wait
 short (a pacing permit, a retry back-off, an import poll): no new import is posted, an import
@@ -33,12 +49,15 @@ import structlog
 
 from sync_service.connector import Connector, in_order, load_connector
 from sync_service.delivery import BatchBuilder, Courier, Sink, count_change
-from sync_service.diff import Change, Differ
-from sync_service.errors import ConfigError, Interrupted, PipelineBusy, Stopped, SyncError
+from sync_service.diff import Change, Differ, Mapped, OnRecord, Pending, View
+from sync_service.errors import ConfigError, Interrupted, LeaseLost, Stopped, SyncError
+from sync_service.lease import LeaseKeeper
 from sync_service.mailtrap.client import ContactList, MailtrapClient
 from sync_service.mapping import Mapper
 from sync_service.models import (
     ChangeKind,
+    Rejection,
+    RejectKind,
     RunKind,
     RunOutcome,
     SourceRecord,
@@ -110,7 +129,8 @@ class SyncJob:
         self.owner = owner or new_owner()
         self.observer = observer
         self.lease_ttl = lease_ttl if lease_ttl is not None else settings.lease_ttl
-        self._lease_lost = threading.Event()
+        self._keeper = LeaseKeeper(store, self.name, self.owner, self.lease_ttl)
+        self._connector: Connector | None = None
 
     # entry points ------------------------------------------------------------------------
     def run(self, kind: RunKind = RunKind.SYNC, *, resend: bool = False) -> RunResult:
@@ -120,8 +140,10 @@ class SyncJob:
             differ = Differ(self.build_mapper(create_lists=True), resend=resend)
             since = None if kind is RunKind.BACKFILL else self.store.get_watermark(self.name)
             with self.open_connector() as connector:
-                self._scan(in_order(connector.read(since), connector), differ, run)
-            run.finish()
+                self._scan(in_order(connector.read(since), connector), differ, run,
+                           connector=connector)
+                run.finish()
+                self._recheck_duplicates(connector, differ, run)
 
         return self._execute(kind, body)
 
@@ -132,8 +154,8 @@ class SyncJob:
             keys = [r.source_key for r in self.store.list_rejections(self.name)]
             differ = Differ(self.build_mapper(create_lists=True), resend=True)
             with self.open_connector() as connector:
-                self._scan(connector.fetch(keys), differ, run)
-            run.finish()
+                self._scan(connector.fetch(keys), differ, run, connector=connector)
+                run.finish()
 
         return self._execute(RunKind.RETRY, body, advance=False)
 
@@ -145,7 +167,7 @@ class SyncJob:
         sink = _Counter(report, self.pipeline.batch_size, sample)
         with self.open_connector() as connector:
             records = connector.read(state.get_watermark(self.name))
-            self._scan(records, Differ(mapper), sink, state=state)
+            self._scan(records, Differ(mapper), sink, state=state, connector=connector)
         report.imports = sink.imports()
         return report
 
@@ -154,20 +176,32 @@ class SyncJob:
         self, kind: RunKind, body: Callable[[BatchBuilder], None], *, advance: bool = True
     ) -> RunResult:
         started = time.monotonic()
-        with self._lease(), self.client.stoppable(self._stopping):
-            self.store.interrupt_stale_runs(self.name)
-            run_id = self.store.start_run(self.name, kind)
-            result = RunResult(self.name, kind, RunOutcome.RUNNING, {}, run_id)
-            with structlog.contextvars.bound_contextvars(pipeline=self.name, run_id=run_id):
-                log.info("run.started", kind=str(kind))
-                self._attempt(run_id, result, body, advance=advance)
-                result.duration_s = time.monotonic() - started
-                self.store.finish_run(run_id, result.outcome, result.counts, result.error)
-                # A failed run is an error in the log (alerting on level works); others info.
-                emit = log.error if result.outcome is RunOutcome.FAILED else log.info
-                emit("run.finished", outcome=str(result.outcome), error=result.error,
-                     duration_s=round(result.duration_s, 3), **result.counts)
+        base = self.store
+        with self._keeper.held() as fenced, self.client.stoppable(self._stopping):
+            self.store = fenced  # every write of the run checks the lease's generation
+            try:
+                self.store.interrupt_stale_runs(self.name)
+                run_id = self.store.start_run(self.name, kind)
+                result = RunResult(self.name, kind, RunOutcome.RUNNING, {}, run_id)
+                with structlog.contextvars.bound_contextvars(pipeline=self.name, run_id=run_id):
+                    log.info("run.started", kind=str(kind))
+                    self._attempt(run_id, result, body, advance=advance)
+                    result.duration_s = time.monotonic() - started
+                    self._finish(run_id, result)
+            finally:
+                self.store = base
         return result
+
+    def _finish(self, run_id: int, result: RunResult) -> None:
+        try:
+            self.store.finish_run(run_id, result.outcome, result.counts, result.error)
+        except LeaseLost as exc:
+            # The run that took over marked this one interrupted; nothing more may be written.
+            result.outcome, result.error = RunOutcome.FAILED, str(exc)
+        # A failed run is an error in the log (alerting on level works); others info.
+        emit = log.error if result.outcome is RunOutcome.FAILED else log.info
+        emit("run.finished", outcome=str(result.outcome), error=result.error,
+             duration_s=round(result.duration_s, 3), **result.counts)
 
     def _attempt(self, run_id: int, result: RunResult, body: Callable[[BatchBuilder], None], *,
                  advance: bool) -> None:
@@ -192,43 +226,16 @@ class SyncJob:
             log.exception("run.crashed")
             result.outcome, result.error = RunOutcome.FAILED, f"internal error: {exc!r}"
 
-    @contextmanager
-    def _lease(self) -> Iterator[None]:
-        if not self.store.acquire_lease(self.name, self.owner, self.lease_ttl):
-            holder = self.store.lease_holder(self.name)
-            who = holder[0] if holder else "another process"
-            raise PipelineBusy(f"pipeline {self.name} is busy: its lease is held by {who}")
-        done = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(done,), daemon=True,
-                                name=f"lease-{self.name}")
-        beat.start()
-        try:
-            yield
-        finally:
-            done.set()
-            beat.join(timeout=5)
-            self.store.release_lease(self.name, self.owner)
-
-    def _heartbeat(self, done: threading.Event) -> None:
-        while not done.wait(self.lease_ttl / 4):
-            try:
-                renewed = self.store.renew_lease(self.name, self.owner, self.lease_ttl)
-            except SyncError as exc:
-                log.warning("lease.renew_failed", pipeline=self.name, error=str(exc))
-                continue
-            if not renewed:
-                log.error("lease.lost", pipeline=self.name)
-                self._lease_lost.set()
-                return
-
     def check_stop(self) -> None:
-        if self._lease_lost.is_set():
-            raise Interrupted("the pipeline's lease was lost; another process may run it")
+        if self._keeper.lost():
+            raise LeaseLost(f"pipeline {self.name}: the lease was lost or could not be renewed "
+                            f"for {self.lease_ttl:g} s; another process may run it, so nothing "
+                            "more is posted")
         if self.stop.is_set():
             raise Interrupted("stop requested")
 
     def _stopping(self) -> bool:
-        return self.stop.is_set() or self._lease_lost.is_set()
+        return self.stop.is_set() or self._keeper.lost()
 
     # preparation ---------------------------------------------------------------------------
     @contextmanager
@@ -291,9 +298,12 @@ class SyncJob:
     # reading and deciding -----------------------------------------------------------------
     def _scan(
         self, records: Iterable[SourceRecord], differ: Differ, sink: Sink, *,
-        state: StateReader | None = None,
+        state: StateReader | None = None, connector: Connector | None = None,
     ) -> None:
+        """Read, decide and hand changes to ``sink``; ``connector`` is asked for the current
+        rows of keys whose ownership or uniqueness is in doubt."""
         state = state or self.store
+        self._connector = connector
         checked = False
         for chunk in chunked(records, READ_CHUNK):
             self.check_stop()
@@ -301,13 +311,109 @@ class SyncJob:
                 self._check_columns(chunk[0])
                 checked = True
             mapped = differ.map(chunk)
-            stored: dict[str, StoredContact] = state.get_contacts(
-                self.name, [m.record.key_str for m in mapped])
-            emails = [m.contact.email for m in mapped if m.contact is not None]
-            owners: dict[str, str] = state.get_owners(self.name, emails)
-            sink.accept(differ.diff(mapped, stored, owners, sink.pending()))
+            start, verified = 0, -1
+            while start < len(mapped):
+                start, verified = self._decide(mapped, (start, verified), differ, sink, state)
             if self.observer is not None:
                 self.observer.records_read(self.name, len(chunk))
+
+    def _decide(self, mapped: list[Mapped], at: tuple[int, int], differ: Differ, sink: Sink,
+                state: Any) -> tuple[int, int]:
+        """Decide records from ``start`` on against one look-up of the state.
+
+        Returns where to go on (and the index whose repeat check is done) as soon as a batch was
+        sent, since the state looked up no longer describes what Mailtrap confirmed.
+        """
+        start, verified = at
+        view = self._look_up(mapped[start:], differ, state, sink.pending)
+        flushes = sink.flushes
+        for index in range(start, len(mapped)):
+            item = mapped[index]
+            key = item.record.key_str
+            if index != verified and self._repeated(item, view, sink):
+                verdict = self._source_rows(item, differ, sink)
+                if verdict is not None:
+                    sink.accept([verdict])
+                    continue
+                if key in sink.pending.keys:
+                    sink.flush()  # the earlier row goes out first; look the state up again
+                    return index, index
+            sink.accept([differ.decide(item, view, sink.pending)])
+            if sink.flushes != flushes:
+                return index + 1, -1
+        return len(mapped), -1
+
+    def _repeated(self, item: Mapped, view: View, sink: Sink) -> bool:
+        """Whether this run already read the key, or its source had two rows for it before."""
+        key = item.record.key_str
+        if key in sink.pending.keys:
+            return True
+        stored = view.stored.get(key)
+        if stored is not None and sink.sent_in_run(stored.import_id):
+            return True
+        on_record = view.rejections.get(key)
+        return on_record is not None and on_record.kind is RejectKind.DUPLICATE_KEY
+
+    def _source_rows(self, item: Mapped, differ: Differ, sink: Sink) -> Change | None:
+        """A ``duplicate_key`` rejection if the source has another, earlier row for this key."""
+        record = item.record
+        key = record.key_str
+        if self._connector is None:
+            return None
+        rows = list(self._connector.fetch([key]))
+        if len(rows) < 2:
+            sink.resolved([key])
+            return None
+        first = _first_row(rows)
+        if first.cursor == record.cursor and dict(first.values) == dict(record.values):
+            return None
+        email = item.contact.email if item.contact is not None else None
+        reason = (f"source key {key} is on {len(rows)} rows of the source; the first in cursor "
+                  "order is synced, this later one is not")
+        log.warning("source.duplicate_key", source_key=key, rows=len(rows))
+        return Change(record.position, key, None, rejection=Rejection(
+            key, email, RejectKind.DUPLICATE_KEY, reason))
+
+    def _look_up(self, mapped: list[Mapped], differ: Differ, state: Any, pending: Pending
+                 ) -> View:
+        """The confirmed state for these records, and which holders of claimed addresses are
+        still live in the source."""
+        keys = [m.record.key_str for m in mapped]
+        stored: dict[str, StoredContact] = state.get_contacts(self.name, keys)
+        claimed: dict[str, set[str]] = {}
+        for m in mapped:
+            if m.contact is not None:
+                claimed.setdefault(m.contact.email, set()).add(m.record.key_str)
+        left = [s.email for s in stored.values()]
+        holders: dict[str, list[str]] = state.get_holders(self.name, [*claimed, *left])
+        found: dict[str, Rejection] = state.get_rejections(self.name, keys)
+        rejections = {k: OnRecord(r.kind, r.hash) for k, r in found.items()}
+        # A holder read in this stretch with the address still has it; any other is checked.
+        suspects = {k for email, claimants in claimed.items() for k in holders.get(email, ())
+                    if k not in claimants and k not in pending.keys}
+        return View(stored=stored, holders=holders, rejections=rejections,
+                    live=self._live_addresses(sorted(suspects), differ))
+
+    def _live_addresses(self, keys: Sequence[str], differ: Differ) -> dict[str, set[str]]:
+        """Key → the addresses its current source rows map to (empty when gone or deleted)."""
+        live: dict[str, set[str]] = {key: set() for key in keys}
+        if not keys or self._connector is None:
+            return live
+        for item in differ.map(self._connector.fetch(list(keys))):
+            if item.contact is not None and item.record.key_str in live:
+                live[item.record.key_str].add(item.contact.email)
+        return live
+
+    def _recheck_duplicates(self, connector: Connector, differ: Differ, run: BatchBuilder
+                            ) -> None:
+        """Send the keys refused as duplicates whose address has been let go (invariant 9)."""
+        released = self.store.released_duplicates(self.name)
+        if not released:
+            return
+        log.info("duplicates.released", count=len(released))
+        run.advance = False  # fetched rows are not in cursor order: the watermark stays put
+        self._scan(connector.fetch(released), differ, run, connector=connector)
+        run.finish()
 
     def _check_columns(self, record: SourceRecord) -> None:
         mapping = self.pipeline.mapping
@@ -326,10 +432,10 @@ class _Counter:
     def __init__(self, report: PlanReport, batch_size: int, sample: int) -> None:
         self.report, self.batch_size, self.sample = report, batch_size, sample
         self.entries = 0
-        self.emails: dict[str, str] = {}
-
-    def pending(self) -> dict[str, str]:
-        return self.emails
+        self.in_batch = 0
+        self.batches = 0
+        self.pending = Pending()
+        self.flushes = 0
 
     def accept(self, changes: Sequence[Change]) -> None:
         for change in changes:
@@ -339,14 +445,30 @@ class _Counter:
             examples = self.report.samples.setdefault(label, [])
             if change.kind is not ChangeKind.UNCHANGED and len(examples) < self.sample:
                 examples.append(_sample(change))
-            for entry in change.entries:
-                if self.entries % self.batch_size == 0:
-                    self.emails.clear()  # a new batch: duplicates are looked for per batch
-                self.entries += 1
-                self.emails[entry.email] = entry.source_key
+            if not change.entries:
+                continue
+            clash = any(e.email in self.pending.emails for e in change.entries)
+            if clash or self.in_batch + len(change.entries) > self.batch_size:
+                self.flush()
+            self.entries += len(change.entries)
+            self.in_batch += len(change.entries)
+            self.pending.add(change)
+
+    def flush(self) -> None:
+        # A plan sends nothing: the next batch is judged against the state as it is now.
+        if self.in_batch:
+            self.batches += 1
+        self.in_batch = 0
+        self.pending.clear()
+
+    def resolved(self, keys: Sequence[str]) -> None:
+        pass  # a plan writes nothing
+
+    def sent_in_run(self, import_id: int | None) -> bool:
+        return False
 
     def imports(self) -> int:
-        return -(-self.entries // self.batch_size)
+        return self.batches + (1 if self.in_batch else 0)
 
 
 def _sample(change: Change) -> dict[str, Any]:
@@ -355,3 +477,11 @@ def _sample(change: Change) -> dict[str, Any]:
                 "reason": change.rejection.reason}
     return {"source_key": change.source_key,
             "contacts": [entry.to_api() for entry in change.entries]}
+
+
+def _first_row(rows: Sequence[SourceRecord]) -> SourceRecord:
+    """The row of a duplicated key that a read meets first: lowest cursor (NULL first)."""
+    try:
+        return min(rows, key=lambda r: (r.cursor is not None, r.cursor))
+    except TypeError:
+        return rows[0]

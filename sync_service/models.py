@@ -72,6 +72,7 @@ class RejectKind(StrEnum):
     INVALID_EMAIL = "invalid_email"  # missing or malformed email in the source row
     INVALID_VALUE = "invalid_value"  # a field value that does not fit the Mailtrap field
     DUPLICATE = "duplicate"  # another source key already owns this email
+    DUPLICATE_KEY = "duplicate_key"  # the source has two rows with this key; the later is refused
     MAILTRAP = "mailtrap"  # Mailtrap refused the contact (422 on an import)
 
 
@@ -109,6 +110,9 @@ class Rejection:
     email: str | None
     kind: RejectKind
     reason: str
+    # For MAILTRAP: the hash of the contact Mailtrap refused; it is not posted again while the
+    # row still maps to it (invariant 8).
+    hash: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +122,8 @@ class StoredContact:
     source_key: str
     email: str
     hash: str
+    # The import that confirmed it; lets a run tell that it already sent this key.
+    import_id: int | None = field(default=None, compare=False)
 
 
 class RunKind(StrEnum):

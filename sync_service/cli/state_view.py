@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from sync_service.errors import StateError
 from sync_service.logging import redact
-from sync_service.models import BatchStatus, Position, StoredContact
+from sync_service.models import BatchStatus, Position, Rejection, StoredContact
 from sync_service.state import BatchRecord, RunRecord, StateStore
 from sync_service.state.engine import transaction
 from sync_service.state.tables import batches
@@ -37,6 +37,12 @@ class ReadOnlyState:
 
     def get_owners(self, pipeline: str, emails: Sequence[str]) -> dict[str, str]:
         return {} if self.empty else self.store.get_owners(pipeline, emails)
+
+    def get_holders(self, pipeline: str, emails: Sequence[str]) -> dict[str, list[str]]:
+        return {} if self.empty else self.store.get_holders(pipeline, emails)
+
+    def get_rejections(self, pipeline: str, keys: Sequence[str]) -> dict[str, Rejection]:
+        return {} if self.empty else self.store.get_rejections(pipeline, keys)
 
 
 def status_rows(store: StateStore, configured: Sequence[str]) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from sync_service.models import Position, StoredContact
+from sync_service.models import Position, Rejection, StoredContact
 
 
 class StateReader(Protocol):
@@ -24,3 +24,9 @@ class StateReader(Protocol):
 
     def get_owners(self, pipeline: str, emails: Sequence[str]) -> dict[str, str]:
         """The live source key owning each given email (unowned emails are absent)."""
+
+    def get_holders(self, pipeline: str, emails: Sequence[str]) -> dict[str, list[str]]:
+        """Every source key whose confirmed, not deleted contact has each given email."""
+
+    def get_rejections(self, pipeline: str, keys: Sequence[str]) -> dict[str, Rejection]:
+        """The rejections on record for the given keys (with the hash Mailtrap refused)."""

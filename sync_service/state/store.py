@@ -14,7 +14,13 @@ job tells it what was sent and what Mailtrap confirmed, and the store keeps thes
 - **Failure leaves hashes alone**: ``fail_batch`` (FAILED or ABANDONED) never touches contacts,
   so everything in the batch looks unsent and goes out again.
 - **One holder per pipeline** (invariant 7): leases are taken in a single race-free statement
-  against the database's clock (see ``leases``).
+  against the database's clock (see ``leases``). A run writes through ``fenced(Fence(...))``:
+  every write transaction first checks that the lease still carries the run's generation and
+  raises ``LeaseLost`` otherwise, so a stale holder commits nothing. ``holder_lock`` is the lock
+  that tells a newcomer whether the lease's holder is still alive.
+- **Addresses belong to live keys** (invariant 9): ``get_holders`` leaves tombstones out, and
+  ``released_duplicates`` finds keys refused as duplicates whose address nobody holds any more.
+- **Any text is kept**: keys, emails and reasons are ``SafeText`` (NUL escaped; see ``tables``).
 - **Bounded memory** (invariant 5): look-ups by key or email go in chunks of ``sql.IN_CHUNK``.
 - **Rejections are kept with their reason** (invariant 8) until a later confirmation of the
   same key, or an operator, clears them.
@@ -26,9 +32,11 @@ a different import id) raise ``ValueError`` or ``StateError`` before anything is
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -43,6 +51,7 @@ from sync_service.models import (
     ImportResult,
     Position,
     Rejection,
+    RejectKind,
     RunKind,
     RunOutcome,
     StoredContact,
@@ -62,7 +71,17 @@ from sync_service.state.tables import contacts, rejections, runs, watermarks
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["DEFAULT_URL", "BatchRecord", "RejectionRecord", "RunRecord", "StateStore"]
+__all__ = ["DEFAULT_URL", "BatchRecord", "Fence", "RejectionRecord", "RunRecord", "StateStore"]
+TOMBSTONE = "deleted"  # the hash of a deleted key's contact (sync_service.diff.TOMBSTONE)
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """A run's claim on its pipeline: every write checks the lease still has this generation."""
+
+    pipeline: str
+    owner: str
+    generation: int
 
 
 class StateStore:
@@ -72,6 +91,13 @@ class StateStore:
         self.engine = engine
         # Tests point this at a copy with extra revisions; the application never sets it.
         self._migrations_dir = Path(migrations_dir) if migrations_dir else None
+        self._fence: Fence | None = None
+
+    def fenced(self, fence: Fence) -> StateStore:
+        """This store (same engine) with every write checking ``fence`` in its transaction."""
+        fenced = copy.copy(self)
+        fenced._fence = fence
+        return fenced
 
     @property
     def _migrations(self) -> Path:
@@ -143,30 +169,37 @@ class StateStore:
         with self._read("get_contacts") as conn:
             for among in sql.matching(conn, contacts.c.source_key, list(dict.fromkeys(keys))):
                 rows = conn.execute(
-                    sa.select(contacts.c.source_key, contacts.c.email, contacts.c.hash).where(
-                        contacts.c.pipeline == pipeline, among
-                    )
+                    sa.select(contacts.c.source_key, contacts.c.email, contacts.c.hash,
+                              contacts.c.import_id).where(contacts.c.pipeline == pipeline, among)
                 )
-                for key, email, hash_ in rows:
-                    found[key] = StoredContact(source_key=key, email=email, hash=hash_)
+                for key, email, hash_, import_id in rows:
+                    found[key] = StoredContact(source_key=key, email=email, hash=hash_,
+                                               import_id=import_id)
         return found
 
     def get_owners(self, pipeline: str, emails: Sequence[str]) -> dict[str, str]:
-        """Email -> the source key whose confirmed contact has it (lowest key if several)."""
-        owners: dict[str, str] = {}
-        with self._read("get_owners") as conn:
+        """Email -> the live source key whose confirmed contact has it (lowest key if several).
+
+        A deleted key's tombstone holds no address.
+        """
+        return {email: min(keys) for email, keys in self.get_holders(pipeline, emails).items()}
+
+    def get_holders(self, pipeline: str, emails: Sequence[str]) -> dict[str, list[str]]:
+        """Email -> every source key whose confirmed, not deleted contact has it (sorted)."""
+        holders: dict[str, list[str]] = {}
+        with self._read("get_holders") as conn:
             for among in sql.matching(conn, contacts.c.email, list(dict.fromkeys(emails))):
                 # No ORDER BY: SQLite would walk the primary key to avoid a sort, and scan the
                 # pipeline's every contact instead of probing the email index.
                 rows = conn.execute(
-                    sa.select(contacts.c.email, contacts.c.source_key).where(
+                    sa.select(contacts.c.email, contacts.c.source_key, contacts.c.hash).where(
                         contacts.c.pipeline == pipeline, among
                     )
                 )
-                for email, key in rows:
-                    if email not in owners or key < owners[email]:
-                        owners[email] = key
-        return owners
+                for email, key, hash_ in rows:
+                    if hash_ != TOMBSTONE:
+                        holders.setdefault(email, []).append(key)
+        return {email: sorted(keys) for email, keys in holders.items()}
 
     def count_contacts(self, pipeline: str) -> int:
         return self._count("count_contacts", contacts, pipeline)
@@ -237,19 +270,33 @@ class StateStore:
             batches.mark_posted(conn, batch_id, import_id, sql.now(conn))
 
     def confirm_batch(
-        self, batch_id: int, result: ImportResult, watermark: Position | None = None
+        self, batch_id: int, result: ImportResult, watermark: Position | None = None,
+        forget: Sequence[str] = (),
     ) -> None:
         """Mailtrap finished the import: commit its hashes (and the watermark) atomically.
 
         Keys with a hashed entry get that email and hash and lose their rejections. A key whose
         only entry is exclusion-only at its confirmed email loses its stored state (it left the
         lists). The batch becomes FINISHED with Mailtrap's counts, and its contacts are deleted.
+        ``forget``: deleted keys whose address another key of the batch took; their stored
+        state goes in the same transaction.
         """
         with self._write("confirm_batch") as conn:
             pipeline, written = batches.confirm(conn, batch_id, result, sql.now(conn))
+            _forget(conn, pipeline, forget)
             if watermark is not None:
                 upserts.write_watermark(conn, pipeline, watermark)
         self._refresh_statistics(written)
+
+    def advance(self, pipeline: str, watermark: Position | None, forget: Sequence[str] = ()
+                ) -> None:
+        """Move the watermark (if given) and forget ``forget``'s keys, in one transaction."""
+        if watermark is None and not forget:
+            return
+        with self._write("advance") as conn:
+            _forget(conn, pipeline, forget)
+            if watermark is not None:
+                upserts.write_watermark(conn, pipeline, watermark)
 
     def fail_batch(
         self, batch_id: int, error: str, status: BatchStatus = BatchStatus.FAILED
@@ -310,15 +357,49 @@ class StateStore:
             ).mappings()
             return [rejection_from_row(row) for row in rows]
 
+    def get_rejections(self, pipeline: str, keys: Sequence[str]) -> dict[str, Rejection]:
+        """The rejections on record for these keys (with the refused hash), by key."""
+        found: dict[str, Rejection] = {}
+        with self._read("get_rejections") as conn:
+            if conn.execute(sa.select(rejections.c.source_key).where(
+                    rejections.c.pipeline == pipeline).limit(1)).first() is None:
+                return found  # most pipelines have none: one cheap probe
+            for among in sql.matching(conn, rejections.c.source_key, list(dict.fromkeys(keys))):
+                rows = conn.execute(
+                    sa.select(rejections.c.source_key, rejections.c.email, rejections.c.kind,
+                              rejections.c.reason, rejections.c.hash)
+                    .where(rejections.c.pipeline == pipeline, among))
+                for key, email, kind, reason, hash_ in rows:
+                    found[key] = Rejection(key, email, RejectKind(kind), reason, hash_)
+        return found
+
+    def released_duplicates(self, pipeline: str) -> list[str]:
+        """Keys rejected as duplicates whose address no other live key holds any more."""
+        other = sa.exists().where(
+            contacts.c.pipeline == rejections.c.pipeline, contacts.c.email == rejections.c.email,
+            contacts.c.source_key != rejections.c.source_key, contacts.c.hash != TOMBSTONE)
+        with self._read("released_duplicates") as conn:
+            return list(conn.execute(
+                sa.select(rejections.c.source_key).where(
+                    rejections.c.pipeline == pipeline,
+                    rejections.c.kind == RejectKind.DUPLICATE.value, ~other)
+                .order_by(rejections.c.source_key)).scalars())
+
     def count_rejections(self, pipeline: str) -> int:
         return self._count("count_rejections", rejections, pipeline)
 
-    def clear_rejections(self, pipeline: str, keys: Sequence[str]) -> None:
+    def clear_rejections(self, pipeline: str, keys: Sequence[str],
+                         kind: RejectKind | None = None) -> None:
+        """Forget the rejections of ``keys`` (only those of ``kind``, if given)."""
+        if not keys:
+            return
+        only = [rejections.c.kind == kind.value] if kind is not None else []
         with self._write("clear_rejections") as conn:
             for chunk in sql.chunked(list(dict.fromkeys(keys))):
                 conn.execute(
                     sa.delete(rejections).where(
-                        rejections.c.pipeline == pipeline, rejections.c.source_key.in_(chunk)
+                        rejections.c.pipeline == pipeline, rejections.c.source_key.in_(chunk),
+                        *only,
                     )
                 )
 
@@ -326,17 +407,28 @@ class StateStore:
 
     def acquire_lease(self, pipeline: str, owner: str, ttl_seconds: float) -> bool:
         """Take the lease if it is free, expired or already this owner's; False otherwise."""
-        with self._write("acquire_lease") as conn:
-            return leases.acquire(conn, pipeline, owner, ttl_seconds)
+        return self.take_lease(pipeline, owner, ttl_seconds) is not None
 
-    def renew_lease(self, pipeline: str, owner: str, ttl_seconds: float) -> bool:
+    def take_lease(self, pipeline: str, owner: str, ttl_seconds: float, *,
+                   force: bool = False) -> int | None:
+        """Take the lease as ``acquire_lease`` does (or whatever its state, with ``force``, when
+        its holder is known dead); returns the lease's new generation, or None if refused."""
+        with self._write("acquire_lease", fenced=False) as conn:
+            return leases.acquire(conn, pipeline, owner, ttl_seconds, force=force)
+
+    def holder_lock(self, pipeline: str) -> leases.HolderLock:
+        """The lock a lease holder keeps for as long as its process lives (see ``leases``)."""
+        return leases.HolderLock(self.engine, pipeline)
+
+    def renew_lease(self, pipeline: str, owner: str, ttl_seconds: float,
+                    generation: int | None = None) -> bool:
         """Extend this owner's lease; False if it was lost (taken over or released)."""
-        with self._write("renew_lease") as conn:
-            return leases.renew(conn, pipeline, owner, ttl_seconds)
+        with self._write("renew_lease", fenced=False) as conn:
+            return leases.renew(conn, pipeline, owner, ttl_seconds, generation)
 
     def release_lease(self, pipeline: str, owner: str) -> None:
         """Give the lease up; does nothing if this owner no longer holds it."""
-        with self._write("release_lease") as conn:
+        with self._write("release_lease", fenced=False) as conn:
             leases.release(conn, pipeline, owner)
 
     def lease_holder(self, pipeline: str) -> tuple[str, datetime] | None:
@@ -371,8 +463,11 @@ class StateStore:
             yield conn
 
     @contextmanager
-    def _write(self, what: str) -> Iterator[Connection]:
+    def _write(self, what: str, *, fenced: bool = True) -> Iterator[Connection]:
         with transaction(self.engine, what, write=True) as conn:
+            if fenced and self._fence is not None:
+                fence = self._fence
+                leases.check_fence(conn, fence.pipeline, fence.owner, fence.generation)
             yield conn
 
     def _refresh_statistics(self, written: int) -> None:
@@ -395,3 +490,9 @@ class StateStore:
         with self._read(what) as conn:
             return [batch_from_row(row) for row in conn.execute(query).mappings()]
 
+
+
+def _forget(conn: Connection, pipeline: str, keys: Sequence[str]) -> None:
+    for chunk in sql.chunked(list(dict.fromkeys(keys))):
+        conn.execute(sa.delete(contacts).where(contacts.c.pipeline == pipeline,
+                                               contacts.c.source_key.in_(chunk)))

@@ -36,6 +36,48 @@ HASH_LENGTH = 128
 OWNER_LENGTH = 200
 
 
+# What a text value that PostgreSQL cannot hold (a NUL character) is stored as: this mark, then
+# the value with backslashes doubled and NUL written as backslash-0. Values that start with the
+# mark (a Unicode noncharacter) are encoded too, so the encoding is one-to-one.
+_MARK = "\ufdd0"
+
+
+def encode_text(value: str) -> str:
+    """``value`` as the state store keeps it (unchanged unless it holds NUL; see ``_MARK``)."""
+    if "\x00" not in value and not value.startswith(_MARK):
+        return value
+    return _MARK + value.replace("\\", "\\\\").replace("\x00", "\\0")
+
+
+def decode_text(value: str) -> str:
+    if not value.startswith(_MARK):
+        return value
+    out, escaped = [], False
+    for char in value[len(_MARK):]:
+        if escaped:
+            out.append("\x00" if char == "0" else char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+class SafeText(TypeDecorator[str]):
+    """Unbounded text that may hold any Python string, NUL included (PostgreSQL text cannot):
+    a source key, an email or a reason taken from a source row is stored, never refused."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else encode_text(value)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else decode_text(value)
+
+
 class UtcDateTime(TypeDecorator[datetime]):
     """Stores UTC, returns tz-aware UTC datetimes; refuses naive ones.
 
@@ -78,8 +120,8 @@ contacts = sa.Table(
     "contacts",
     metadata,
     sa.Column("pipeline", sa.String(PIPELINE_LENGTH), primary_key=True),
-    sa.Column("source_key", sa.Text, primary_key=True),
-    sa.Column("email", sa.Text, nullable=False),
+    sa.Column("source_key", SafeText, primary_key=True),
+    sa.Column("email", SafeText, nullable=False),
     sa.Column("hash", sa.String(HASH_LENGTH), nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.Column("import_id", sa.BigInteger, nullable=True),
@@ -98,7 +140,7 @@ runs = sa.Table(
     sa.Column("finished_at", UtcDateTime, nullable=True),
     sa.Column("outcome", sa.String(ENUM_LENGTH), nullable=False),
     sa.Column("counts", sa.Text, nullable=False),  # JSON object of str -> int
-    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("error", SafeText, nullable=True),
     sa.Index(None, "pipeline", "id"),
 )
 
@@ -118,7 +160,7 @@ batches = sa.Table(
     sa.Column("updated_count", sa.Integer, nullable=True),
     sa.Column("over_limit_count", sa.Integer, nullable=True),
     sa.Column("attempts", sa.Integer, nullable=False),
-    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("error", SafeText, nullable=True),
     sa.Index(None, "pipeline", "status"),
     sa.Index(None, "run_id"),
 )
@@ -134,8 +176,8 @@ batch_contacts = sa.Table(
         sa.ForeignKey("batches.id", ondelete="CASCADE"),
         primary_key=True,
     ),
-    sa.Column("email", sa.Text, primary_key=True),
-    sa.Column("source_key", sa.Text, nullable=False),
+    sa.Column("email", SafeText, primary_key=True),
+    sa.Column("source_key", SafeText, nullable=False),
     sa.Column("kind", sa.String(ENUM_LENGTH), nullable=False),
     sa.Column("hash", sa.String(HASH_LENGTH), nullable=True),  # None: exclusion-only entry
     # confirm_batch clears the rejections of the batch's keys; without this index PostgreSQL
@@ -147,16 +189,19 @@ rejections = sa.Table(
     "rejections",
     metadata,
     sa.Column("pipeline", sa.String(PIPELINE_LENGTH), primary_key=True),
-    sa.Column("source_key", sa.Text, primary_key=True),
-    sa.Column("email", sa.Text, nullable=True),
+    sa.Column("source_key", SafeText, primary_key=True),
+    sa.Column("email", SafeText, nullable=True),
     sa.Column("kind", sa.String(ENUM_LENGTH), nullable=False),
-    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("reason", SafeText, nullable=False),
     sa.Column(
         "run_id", sa.Integer, sa.ForeignKey("runs.id", ondelete="SET NULL"), nullable=True
     ),
     sa.Column("first_seen", UtcDateTime, nullable=False),
     sa.Column("last_seen", UtcDateTime, nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False),
+    # MAILTRAP rejections: the hash of the contact Mailtrap refused (not posted again until the
+    # row changes or an operator asks).
+    sa.Column("hash", sa.String(HASH_LENGTH), nullable=True),
     sa.Index(None, "run_id"),
 )
 
@@ -167,4 +212,6 @@ leases = sa.Table(
     sa.Column("owner", sa.String(OWNER_LENGTH), nullable=False),
     sa.Column("acquired_at", UtcDateTime, nullable=False),
     sa.Column("expires_at", UtcDateTime, nullable=False),
+    # The fencing token: grows each time the lease changes hands (see state/leases.py).
+    sa.Column("generation", sa.BigInteger, nullable=False, server_default="0"),
 )

@@ -44,7 +44,7 @@ def rejections(
     latest = {rejection.source_key: rejection for rejection in found}
     rows = [
         {"pipeline": pipeline, "source_key": r.source_key, "email": r.email,
-         "kind": r.kind.value, "reason": r.reason, "run_id": run_id,
+         "kind": r.kind.value, "reason": r.reason, "run_id": run_id, "hash": r.hash,
          "first_seen": now, "last_seen": now, "attempts": 1}
         for r in latest.values()
     ]
@@ -54,7 +54,7 @@ def rejections(
         index_elements=[rejections_table.c.pipeline, rejections_table.c.source_key],
         set_={
             "email": excluded.email, "kind": excluded.kind, "reason": excluded.reason,
-            "run_id": excluded.run_id, "last_seen": excluded.last_seen,
+            "run_id": excluded.run_id, "last_seen": excluded.last_seen, "hash": excluded.hash,
             "attempts": rejections_table.c.attempts + 1,
         },
     )

@@ -156,10 +156,13 @@ def test_busy_pipeline_exits_3(workdir: tuple[Path, Source], double: MailtrapDou
     config, _ = workdir
     store = StateStore.from_url(f"sqlite:///{config.parent}/state.db")
     store.ensure_schema()
+    alive = store.holder_lock("customers")  # what a live holder keeps (see state/leases.py)
+    assert alive.try_acquire()
     assert store.acquire_lease("customers", "other-host:1234:abcd", 60)
     try:
         result = _cli("--config", str(config), "sync")
     finally:
+        alive.release()
         store.close()
     assert result.exit_code == 3
     assert "busy" in result.stderr

@@ -232,11 +232,14 @@ def test_sync_exits_busy_when_another_owner_holds_the_lease(
     state_url = f"sqlite:///{tmp_path}/state.db"
     config = write_config(tmp_path / "cfg.toml", state_url=state_url, source_url=crm.url)
     store = StateStore.from_url(state_url)
+    alive = store.holder_lock(PIPELINE)  # what a live holder keeps (see state/leases.py)
     try:
         store.ensure_schema()
+        assert alive.try_acquire()
         assert store.acquire_lease(PIPELINE, "elsewhere:1:cafe", 60.0)
         result = cli(config, cli_env(mailtrap_server), "sync")
     finally:
+        alive.release()
         store.close()
     assert result.returncode == EXIT_BUSY, result.stderr
     assert "lease is held by elsewhere:1:cafe" in result.stderr

@@ -240,12 +240,13 @@ class World:
         return self.store.get_watermark(PIPELINE)
 
 
-def _world(tmp_path: Path, double: MailtrapDouble, pacing: str) -> Iterator[World]:
+def _world(tmp_path: Path, double: MailtrapDouble, pacing: str,
+           state_url: str | None = None) -> Iterator[World]:
     for tag, data_type in FIELDS.items():
         double.add_field(tag, data_type)
     tripwire = Tripwire(double.app)
     source = Source(f"sqlite:///{tmp_path}/crm.db")
-    state_url = f"sqlite:///{tmp_path}/state.db"
+    state_url = state_url or f"sqlite:///{tmp_path}/state.db"
     store = StateStore.from_url(state_url)
     store.ensure_schema()
     logs = tmp_path / "logs"

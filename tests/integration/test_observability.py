@@ -128,8 +128,13 @@ def test_every_documented_metric_is_counted_after_each_kind_of_outcome(
             assert m("mailtrap_sync_contacts_over_limit_total", pipeline=PIPELINE) == 1
             double.max_contacts = None
 
+            alive = store.holder_lock(PIPELINE)  # what a live holder keeps (state/leases.py)
+            assert alive.try_acquire()
             assert store.acquire_lease(PIPELINE, "elsewhere:1:x", 60)
-            daemon.tick(pipeline, store, client)
+            try:
+                daemon.tick(pipeline, store, client)
+            finally:
+                alive.release()
             assert m("mailtrap_sync_runs_total", outcome="busy") == 1
             store.release_lease(PIPELINE, "elsewhere:1:x")
 

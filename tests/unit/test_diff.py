@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sync_service.diff import TOMBSTONE, Differ
+from sync_service.diff import TOMBSTONE, Change, Differ, OnRecord, Pending, View
 from sync_service.mapping import Mapper, contact_hash
 from sync_service.models import ChangeKind, RejectKind, SourceRecord, StoredContact
 
@@ -106,3 +106,65 @@ def test_deleted_record_unlists_and_leaves_a_tombstone() -> None:
     back = _diff(differ, [_rec(1, "a@example.com")],
                  [StoredContact("1", "a@example.com", TOMBSTONE)])
     assert back[0].kind is ChangeKind.CREATE
+
+
+def _decide(differ: Differ, record: SourceRecord, view: View, pending: Pending | None = None
+            ) -> Change:
+    return differ.decide(differ.map([record])[0], view, pending or Pending())
+
+
+def test_a_holder_whose_source_row_moved_on_releases_the_address() -> None:
+    """A claimed address is refused only while its holder's current row still has it."""
+    differ = _differ()
+    holder = _stored(differ, 1, "a@example.com")
+    view = View(stored={"1": holder}, holders={"a@example.com": ["1"]},
+                live={"1": {"elsewhere@example.com"}})
+    assert _decide(differ, _rec(2, "a@example.com"), view).kind is ChangeKind.CREATE
+    view.live = {"1": {"a@example.com"}}
+    refused = _decide(differ, _rec(2, "a@example.com"), view)
+    assert refused.rejection is not None
+    assert refused.rejection.kind is RejectKind.DUPLICATE
+
+
+def test_a_key_queued_elsewhere_no_longer_holds_its_confirmed_address() -> None:
+    """A holder whose queued entry takes another address lets its confirmed one go."""
+    differ = _differ()
+    pending = Pending()
+    pending.add(_diff(differ, [_rec(1, "b@example.com")],
+                      [_stored(differ, 1, "a@example.com")])[0])
+    view = View(holders={"a@example.com": ["1"]})
+    assert _decide(differ, _rec(2, "a@example.com"), view, pending).kind is ChangeKind.CREATE
+
+
+def test_old_address_another_key_now_holds_stays_listed() -> None:
+    """An email change does not unlist an old address that another queued key took."""
+    differ = _differ()
+    pending = Pending()
+    pending.add(_diff(differ, [_rec(2, "a@example.com")])[0])
+    view = View(stored={"1": _stored(differ, 1, "a@example.com")})
+    change = _decide(differ, _rec(1, "b@example.com"), view, pending)
+    assert change.kind is ChangeKind.EMAIL_CHANGE
+    assert [e.email for e in change.entries] == ["b@example.com"]
+
+
+def test_deleted_key_whose_address_was_taken_is_forgotten_not_unlisted() -> None:
+    """A deleted key sends nothing when another key holds its address; its state is dropped."""
+    differ = _differ()
+    pending = Pending()
+    pending.add(_diff(differ, [_rec(2, "a@example.com")])[0])
+    view = View(stored={"1": _stored(differ, 1, "a@example.com")})
+    change = _decide(differ, _rec(1, "a@example.com", deleted=True), view, pending)
+    assert change.entries == ()
+    assert change.forget
+
+
+def test_a_refused_contact_is_not_sent_again_until_it_changes() -> None:
+    """The hash Mailtrap refused is not posted again; another value, or resend, is."""
+    differ = _differ()
+    refused = _diff(differ, [_rec(1, "a@example.com", first="Bad")])[0].entries[0].hash
+    view = View(rejections={"1": OnRecord(RejectKind.MAILTRAP, refused)})
+    same = _decide(differ, _rec(1, "a@example.com", first="Bad"), view)
+    assert same.still_refused
+    assert same.entries == ()
+    assert _decide(differ, _rec(1, "a@example.com", first="Good"), view).entries
+    assert _decide(_differ(resend=True), _rec(1, "a@example.com", first="Bad"), view).entries

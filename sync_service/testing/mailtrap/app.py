@@ -36,7 +36,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sync_service.testing.mailtrap import contacts
-from sync_service.testing.mailtrap.limits import DropError, Fault
+from sync_service.testing.mailtrap.limits import DropError, Fault, Faults
 from sync_service.testing.mailtrap.model import Account, ApiError, Json, LoggedRequest
 from sync_service.testing.mailtrap.state import DoubleState
 from sync_service.testing.mailtrap.transport import ConnectionDropped
@@ -62,6 +62,10 @@ class Backend(Protocol):
 
     @property
     def clock(self) -> Callable[[], float]: ...
+
+    @property
+    def faults(self) -> Faults:
+        """The fault knobs (``quota_422`` and ``uncounted`` are read by the import routes)."""
 
     def admit_rate(self, token: str, account_id: int | None) -> None:
         """Count one request against the rate windows; ApiError 429 when over a limit."""
@@ -210,6 +214,11 @@ class _Api:
 
     async def imports(self, request: Request) -> Response:
         def operation(c: _Call) -> tuple[int, Json]:
+            if self.d.faults.quota_422:
+                contacts_sent = c.payload["contacts"]
+                raise ApiError(422, {"errors": [
+                    {"email": item["email"], "errors": {"base": ["contacts limit reached"]}}
+                    for item in contacts_sent]})
             job = contacts.create_import(
                 self.s, c.account, c.payload, self.d.rejected_emails(), self.d.clock()
             )
@@ -222,7 +231,11 @@ class _Api:
             job = contacts.poll_import(
                 self.s, c.account, c.params["import_id"], self.d.clock(), self.d.import_fails
             )
-            return 200, job.to_json()
+            body = job.to_json()
+            if job.status == "finished" and self.d.faults.uncounted:
+                body["updated_contacts_count"] = max(
+                    0, job.updated_count - self.d.faults.uncounted)
+            return 200, body
 
         return await self._run(request, operation)
 

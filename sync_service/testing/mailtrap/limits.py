@@ -99,6 +99,9 @@ class Faults:
     None choosing at random. ``import_failure_rate`` is the probability that an import ends
     ``failed`` (nothing applied). ``reject_emails`` always get a 422 on import (and on
     single-contact calls). Forced outcomes (see ``MailtrapDouble.force``) come first.
+    ``quota_422``: every import is refused with a 422 whose every contact says the contacts
+    limit is reached. ``uncounted``: finished imports report that many contacts fewer in
+    ``updated_contacts_count`` than they applied (a miscounting Mailtrap).
     """
 
     error_rate: float = 0.0
@@ -108,3 +111,5 @@ class Faults:
     import_failure_rate: float = 0.0
     reject_emails: set[str] = field(default_factory=set)
     forced: deque[Fault] = field(default_factory=deque)
+    quota_422: bool = False
+    uncounted: int = 0

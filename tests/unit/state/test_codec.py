@@ -9,6 +9,8 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sync_service.state import codec
 
@@ -53,3 +55,13 @@ def test_garbage_is_a_value_error(text: str) -> None:
     """Text that is not a well-formed tagged value raises ValueError."""
     with pytest.raises(ValueError, match="tag"):
         codec.decode(text)
+
+
+@given(st.text())
+def test_safe_text_round_trips_any_string_without_nul(value: str) -> None:
+    """Stored text never holds NUL, and decodes to exactly the string given."""
+    from sync_service.state.tables import decode_text, encode_text
+
+    stored = encode_text(value)
+    assert "\x00" not in stored
+    assert decode_text(stored) == value

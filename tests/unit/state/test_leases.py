@@ -104,3 +104,46 @@ def test_threads_racing_on_one_sqlite_file_get_exactly_one_winner(sqlite_url: st
         for store in stores:
             store.close()
     assert won.count(True) == 1
+
+
+def test_each_acquisition_bumps_the_generation(store: StateStore) -> None:
+    """A new holder (or the same one re-taking it) gets a higher fencing generation."""
+    first = store.take_lease("p", "a", 0)
+    second = store.take_lease("p", "b", 60)
+    assert first is not None
+    assert second is not None
+    assert second > first
+    assert store.take_lease("p", "c", 60) is None
+
+
+def test_fenced_writes_fail_once_the_lease_changed_hands(store: StateStore) -> None:
+    """A store fenced with an old generation can write nothing after a takeover."""
+    from sync_service.errors import LeaseLost
+    from sync_service.models import Position
+    from sync_service.state.store import Fence
+
+    generation = store.take_lease("p", "a", 0)
+    assert generation is not None
+    fenced = store.fenced(Fence("p", "a", generation))
+    fenced.set_watermark("p", Position(1, 1))
+    assert store.take_lease("p", "b", 60) is not None
+    with pytest.raises(LeaseLost, match="no longer held"):
+        fenced.set_watermark("p", Position(2, 2))
+    with pytest.raises(LeaseLost):
+        fenced.start_run("p", RunKind.SYNC)
+    assert store.get_watermark("p") == Position(1, 1)
+    assert not store.renew_lease("p", "a", 60, generation)
+
+
+def test_a_dead_holders_lock_is_free_and_a_live_ones_is_not(store: StateStore) -> None:
+    """The HolderLock is exclusive while held and free again once its holder lets go."""
+    first = store.holder_lock("p")
+    second = store.holder_lock("p")
+    if not first.try_acquire():
+        pytest.skip("this store has no holder lock (in-memory SQLite)")
+    try:
+        assert not second.try_acquire()
+    finally:
+        first.release()
+    assert second.try_acquire()
+    second.release()

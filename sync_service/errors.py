@@ -89,3 +89,14 @@ class MailtrapValidationError(MailtrapError):
     ) -> None:
         super().__init__(message, status=status, body=body)
         self.contact_errors = contact_errors or {}
+
+
+# --- consent branch ---------------------------------------------------------------------------
+
+
+class ExportFormatError(MailtrapError):
+    """A Mailtrap contacts export file cannot be read (no header, no email column, bad bytes)."""
+
+
+class EventRejected(RecordError):
+    """An events source row that cannot become a Mailtrap custom event; ``reason`` says why."""

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from sync_service import consent, events, reconcile
 from sync_service.connector import Connector, load_connector
 from sync_service.delivery import BatchBuilder, Courier, Interrupted, Sink, count_change
 from sync_service.diff import Change, Differ
@@ -126,8 +127,11 @@ class SyncJob:
             differ = Differ(self.build_mapper(create_lists=True), resend=resend)
             since = None if kind is RunKind.BACKFILL else self.store.get_watermark(self.name)
             with self.open_connector() as connector:
+                reconcile.resend_drifted(self, connector, differ, run)  # consent branch
                 self._scan(connector.read(since), differ, run)
             run.finish()
+            consent.apply(self, run.courier.counts)  # consent branch: opt-outs, then events
+            events.drain(self, run.courier.counts)
 
         return self._execute(kind, body)
 
@@ -153,6 +157,7 @@ class SyncJob:
             records = connector.read(state.get_watermark(self.name))
             self._scan(records, Differ(mapper), sink, state=state)
         report.imports = sink.imports()
+        events.plan(self, report, state, sample)  # consent branch
         return report
 
     # the run's frame ---------------------------------------------------------------------
@@ -289,7 +294,8 @@ class SyncJob:
                 self.name, [m.record.key_str for m in mapped])
             emails = [m.contact.email for m in mapped if m.contact is not None]
             owners: dict[str, str] = state.get_owners(self.name, emails)
-            sink.accept(differ.diff(mapped, stored, owners, sink.pending()))
+            changes = differ.diff(mapped, stored, owners, sink.pending())
+            sink.accept(consent.screen(self, mapped, stored, changes, state=state))
             if self.observer is not None:
                 self.observer.records_read(self.name, len(chunk))
 

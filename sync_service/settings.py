@@ -36,6 +36,7 @@ from pydantic_settings import (
 
 from sync_service.connector import ConnectorSettings, load_connector
 from sync_service.errors import ConfigError
+from sync_service.settings_audience import ConsentSettings, EventsSettings, Interval
 
 DEFAULT_CONFIG = "mailtrap-sync.toml"
 MAX_BATCH = 50_000
@@ -158,6 +159,9 @@ class PipelineSettings(_Section):
     mapping: MappingSettings = MappingSettings()
     schedule: str | None = Field(None, description="cron expression for `run`")
     every: str | None = Field(None, description="interval for `run`, e.g. 10m")
+    consent: ConsentSettings | None = None  # consent branch: opt-outs (settings_audience)
+    events: EventsSettings | None = None  # consent branch: custom events (settings_audience)
+    reconcile_every: Interval | None = Field(None, description="daemon: reconcile, e.g. 1d")
 
     @field_validator("every")
     @classmethod

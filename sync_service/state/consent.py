@@ -228,7 +228,7 @@ def event_counts(conn: Connection, pipeline: str) -> dict[str, int]:
     t = consent_events
     rows = conn.execute(sa.select(t.c.status, sa.func.count()).where(t.c.pipeline == pipeline)
                         .group_by(t.c.status))
-    by_status: dict[str, int] = {str(k): int(v) for k, v in rows.tuples().all()}
+    by_status: dict[str, int] = {str(k): int(v) for k, v in rows.all()}
     duplicated = conn.execute(sa.select(sa.func.count()).where(
         t.c.pipeline == pipeline, t.c.lost > 0, t.c.status == SENT)).scalar_one()
     ready = conn.execute(sa.select(sa.func.count()).where(

@@ -33,7 +33,7 @@ def _unsubscribes(audience: Audience) -> list[str]:
 
 
 def test_opted_out_rows_are_unsubscribed_once(harness: Harness) -> None:
-    """100 opted-out rows: created and unsubscribed in the first run, one PATCH each, never again."""
+    """100 opted-out rows: created and unsubscribed in the first run, one PATCH each, no more."""
     audience = Audience(harness, consent={"unsubscribed": "opted_out"})
     harness.source.insert(range(1, 301))
     audience.opt(range(1, 101), 1, at=T0)

@@ -46,8 +46,9 @@ class Audience:
     def opt(self, ids: Iterable[int], value: int | None, *, at: datetime) -> None:
         """Set ``opted_out`` on these rows and move their cursor (as a CRM edit would)."""
         with self.harness.source.engine.begin() as conn:
-            statement = sa.text("UPDATE customers SET opted_out = :v, updated_at = :at "
-                                "WHERE id = :id").bindparams(sa.bindparam("at", type_=sa.DateTime()))
+            statement = sa.text(
+                "UPDATE customers SET opted_out = :v, updated_at = :at WHERE id = :id"
+            ).bindparams(sa.bindparam("at", type_=sa.DateTime()))
             for offset, row_id in enumerate(ids):
                 conn.execute(statement,
                              {"v": value, "at": at + timedelta(microseconds=offset), "id": row_id})

@@ -11,11 +11,17 @@ from typing import Any
 import httpx
 import pytest
 
-from sync_service.mailtrap.double import MailtrapDouble
+from sync_service.mailtrap.double import FakeClock, MailtrapDouble
 from sync_service.models import RunOutcome
 from tests.support.audience import T0, Audience
 from tests.support.harness import Harness, Source
 from tests.support.openapi import ValidatingTransport
+
+
+@pytest.fixture
+def double() -> MailtrapDouble:
+    """A double on a fake clock: each ``Audience.run`` is followed by a minute (fresh budget)."""
+    return MailtrapDouble(clock=FakeClock())
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from sync_service.job import RunResult, SyncJob
 from sync_service.mailtrap.client import MailtrapClient
-from sync_service.mailtrap.double import DEFAULT_TOKEN
+from sync_service.mailtrap.double import DEFAULT_TOKEN, FakeClock
 from sync_service.mailtrap.transport import InProcessTransport
 from sync_service.models import RunKind
 from sync_service.settings import AppSettings
@@ -89,7 +89,12 @@ class Audience:
                        store=self.harness.store, client=self.client(), **kwargs)
 
     def run(self, kind: RunKind = RunKind.SYNC) -> RunResult:
-        return self.job().run(kind)
+        """One run, then a minute passes on the double's fake clock (the next scheduled run)."""
+        result = self.job().run(kind)
+        clock = self.harness.double.clock
+        if isinstance(clock, FakeClock):
+            clock.advance(61)
+        return result
 
     def patches(self) -> list[dict[str, Any]]:
         """Bodies of the PATCH requests the double received (answered or not)."""

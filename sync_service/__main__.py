@@ -210,6 +210,17 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("pipeline")
+@click.pass_context
+@guarded
+def reconcile(ctx: click.Context, pipeline: str) -> None:
+    """Compare Mailtrap with the state store; the next sync repairs what drifted."""
+    from sync_service.reconcile import reconcile as run_reconcile  # noqa: PLC0415 - consent
+
+    sys.exit(_run_jobs(ctx, [pipeline], run_reconcile))
+
+
+@cli.command()
+@click.argument("pipeline")
 @click.option("--limit", default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print as JSON")
 @click.pass_context

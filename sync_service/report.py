@@ -89,6 +89,7 @@ def status_rows(store: StateStore, configured: Sequence[str]) -> list[dict[str, 
                                                      "key": str(mark.key)},
             "contacts_tracked": store.count_contacts(name),
             "rejected": store.count_rejections(name),
+            "audience": store.audience_counts(name),  # consent branch: opt-outs and events
             "last_import": None if batch is None else {
                 "batch_id": batch.id, "import_id": batch.import_id, "status": str(batch.status),
                 "size": batch.size, "created": batch.created_count,
@@ -130,6 +131,16 @@ def print_status(rows: Sequence[dict[str, Any]]) -> None:
                       "-" if mark is None else f"{mark['cursor']} / {mark['key']}",
                       str(row["contacts_tracked"]), str(row["rejected"]), batch_text)
     _console.print(table)
+    print_audience(rows)
+
+
+def print_audience(rows: Sequence[dict[str, Any]]) -> None:
+    """Consent branch: opt-out and event counters of each pipeline that has any."""
+    for row in rows:
+        counts = {k: v for k, v in (row.get("audience") or {}).items() if v}
+        if counts:
+            _console.print(f"{row['pipeline']}: " + " ".join(f"{k}={v}" for k, v in
+                                                             sorted(counts.items())))
 
 
 def print_rejects(rows: Sequence[RejectionRecord], total: int, *, as_json: bool) -> None:

@@ -120,9 +120,12 @@ class MailtrapClient:
         self._sleep = sleep
         # Export files are fetched without the API token (the URL is pre-signed elsewhere).
         self._download_transport = download_transport
+        self._downloads: httpx.Client | None = None
 
     def close(self) -> None:
         self._http.close()
+        if self._downloads is not None:
+            self._downloads.close()
 
     def __enter__(self) -> MailtrapClient:
         return self
@@ -334,18 +337,19 @@ class MailtrapClient:
 
     def _download_once(self, url: str, sink: BinaryIO, chunk_size: int) -> int:
         written = 0
-        headers = {"User-Agent": f"mailtrap-sync/{__version__}"}
+        if self._downloads is None:
+            self._downloads = httpx.Client(
+                transport=self._download_transport, timeout=self._http.timeout,
+                headers={"User-Agent": f"mailtrap-sync/{__version__}"}, follow_redirects=True)
         try:
-            with httpx.Client(transport=self._download_transport, timeout=self._http.timeout,
-                              headers=headers, follow_redirects=True) as http, \
-                    http.stream("GET", url) as response:
+            with self._downloads.stream("GET", url) as response:
                 if response.status_code >= 500 or response.status_code in (408, 429):
                     raise MailtrapRetriable(f"GET {url} → {response.status_code}",
                                             status=response.status_code)
                 if response.status_code != 200:
                     raise MailtrapError(f"GET {url} → {response.status_code}: cannot download "
                                         "the export", status=response.status_code)
-                for chunk in response.iter_raw(chunk_size):
+                for chunk in response.iter_bytes(chunk_size):
                     sink.write(chunk)
                     written += len(chunk)
         except httpx.TransportError as exc:

@@ -59,10 +59,13 @@ class ExportJob:
     content: bytes | None = None
 
     def to_json(self, base_url: str) -> dict[str, Json]:
-        url = (f"{base_url.rstrip('/')}/downloads/exports/{self.token}.csv.gz"
-               if self.status == "finished" else None)
-        return {"id": self.id, "status": self.status, "created_at": self.stamp,
-                "updated_at": self.stamp, "url": url}
+        # Mailtrap's example shows "url": null before the end, but the spec (OpenAPI 3.1, where
+        # "nullable" means nothing) only allows a string: the double leaves the key out.
+        body: dict[str, Json] = {"id": self.id, "status": self.status,
+                                 "created_at": self.stamp, "updated_at": self.stamp}
+        if self.status == "finished":
+            body["url"] = f"{base_url.rstrip('/')}/downloads/exports/{self.token}.csv.gz"
+        return body
 
 
 @dataclass

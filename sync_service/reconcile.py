@@ -25,22 +25,32 @@ import sqlite3
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from apscheduler.triggers.interval import IntervalTrigger
 
 from sync_service.diff import Differ
+from sync_service.errors import PipelineBusy, SyncError
 from sync_service.export_csv import ExportedContact, read_export
 from sync_service.mailtrap.client import MailtrapCancelled
 from sync_service.mapping import Mapper, MappingRejected, contact_hash, normalise_email
 from sync_service.models import Contact, RunKind
+from sync_service.settings import parse_duration
 from sync_service.state.consent import MAILTRAP
 
 if TYPE_CHECKING:
+    from apscheduler.schedulers.base import BaseScheduler
+
     from sync_service.connector import Connector
     from sync_service.delivery import BatchBuilder
     from sync_service.job import RunResult, SyncJob
+    from sync_service.mailtrap.client import MailtrapClient
+    from sync_service.scheduler import Daemon
+    from sync_service.settings import PipelineSettings
+    from sync_service.state import StateStore
 
 log = structlog.get_logger(__name__)
 PAGE = 2_000
@@ -67,6 +77,46 @@ def reconcile(job: SyncJob) -> RunResult:
         job.store.set_reconciled(job.name)
 
     return job._execute(RunKind.RECONCILE, body, advance=False)
+
+
+def schedule(daemon: Daemon, scheduler: BaseScheduler, pipeline: PipelineSettings,
+             store: StateStore, client: MailtrapClient) -> None:
+    """Add the pipeline's reconcile to the daemon, every ``reconcile_every``.
+
+    The next one is due ``reconcile_every`` after the last one finished (now if there was none),
+    so a restarted daemon neither skips nor repeats one. It takes the pipeline's lease, so it
+    never overlaps the pipeline's runs; when the lease is busy it waits for the next interval.
+    """
+    if pipeline.reconcile_every is None:
+        return
+    every = parse_duration(pipeline.reconcile_every)
+    last = store.reconciled_at(pipeline.name)
+    due = datetime.now(UTC) if last is None else max(datetime.now(UTC),
+                                                     last + timedelta(seconds=every))
+    scheduler.add_job(_scheduled, IntervalTrigger(seconds=every), args=[daemon, pipeline, store,
+                                                                       client],
+                      id=f"{pipeline.name}:reconcile", name=f"{pipeline.name} reconcile",
+                      next_run_time=due, max_instances=1, coalesce=True)
+
+
+def _scheduled(daemon: Daemon, pipeline: PipelineSettings, store: StateStore,
+               client: MailtrapClient) -> None:
+    from sync_service.job import SyncJob  # noqa: PLC0415 - the job imports this module
+
+    if daemon.stop.is_set():
+        return
+    job = SyncJob(settings=daemon.settings, pipeline=pipeline, store=store, client=client,
+                  stop=daemon.stop, owner=daemon.owner, observer=daemon.observer)
+    try:
+        result = reconcile(job)
+    except PipelineBusy as exc:
+        log.info("reconcile.busy", pipeline=pipeline.name, reason=str(exc))
+        return
+    except SyncError as exc:
+        log.error("reconcile.not_started", pipeline=pipeline.name, error=str(exc))
+        return
+    log.info("reconcile.done", pipeline=pipeline.name, outcome=str(result.outcome),
+             error=result.error, **result.counts)
 
 
 @contextmanager

@@ -54,7 +54,7 @@ def test_unsubscribed_column_and_empty_cells() -> None:
 
 def test_no_email_column_is_a_clear_error() -> None:
     """A file without an email column names the columns it has."""
-    with pytest.raises(ExportFormatError, match="no email column.*name, status"):
+    with pytest.raises(ExportFormatError, match=r"no email column.*name, status"):
         _read(b"name,status\nx,subscribed\n")
 
 

@@ -37,7 +37,7 @@ from sync_service.errors import PipelineBusy, SyncError
 from sync_service.export_csv import ExportedContact, read_export
 from sync_service.mailtrap.client import MailtrapCancelled
 from sync_service.mapping import Mapper, MappingRejected, contact_hash, normalise_email
-from sync_service.models import Contact, RunKind
+from sync_service.models import Contact, RunKind, SourceRecord
 from sync_service.settings import parse_duration
 from sync_service.state.consent import MAILTRAP
 
@@ -247,7 +247,17 @@ def resend_drifted(job: SyncJob, connector: Connector, differ: Differ, sink: Any
     while keys := job.store.drifted_keys(job.name, after, PAGE):
         after = keys[-1]
         log.info("reconcile.resending", count=len(keys))
-        job._scan(connector.fetch(keys), differ, sink)
+        seen: set[str] = set()
+        job._scan(_noting(connector.fetch(keys), seen), differ, sink)
+        gone = [key for key in keys if key not in seen]
+        if gone:  # no longer in the source: a deleted row, not to be fetched on every run
+            job.store.forget_drift(job.name, gone)
+
+
+def _noting(records: Iterator[SourceRecord], seen: set[str]) -> Iterator[SourceRecord]:
+    for record in records:
+        seen.add(record.key_str)
+        yield record
 
 
 def _chunks(rows: Iterator[ExportedContact]) -> Iterator[list[ExportedContact]]:

@@ -252,6 +252,14 @@ def mark_drifted(conn: Connection, pipeline: str, keys: Sequence[str]) -> int:
     return total
 
 
+def forget_drift(conn: Connection, pipeline: str, keys: Sequence[str]) -> None:
+    """Drifted keys whose rows left the source: tombstoned, as a deleted row would be."""
+    for among in sql.matching(conn, contacts.c.source_key, list(dict.fromkeys(keys))):
+        conn.execute(sa.update(contacts).where(contacts.c.pipeline == pipeline,
+                                               contacts.c.hash == DRIFT, among)
+                     .values(hash="deleted"))
+
+
 def drifted_keys(conn: Connection, pipeline: str, after: str | None, limit: int) -> list[str]:
     query = (sa.select(contacts.c.source_key)
              .where(contacts.c.pipeline == pipeline, contacts.c.hash == DRIFT)

@@ -442,6 +442,10 @@ class StateStore:
         with self._write("mark_drifted") as conn:
             return consent.mark_drifted(conn, pipeline, keys)
 
+    def forget_drift(self, pipeline: str, keys: Sequence[str]) -> None:
+        with self._write("forget_drift") as conn:
+            consent.forget_drift(conn, pipeline, keys)
+
     def drifted_keys(self, pipeline: str, after: str | None = None,
                      limit: int = 2_000) -> list[str]:
         with self._read("drifted_keys") as conn:

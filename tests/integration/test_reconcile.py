@@ -13,7 +13,7 @@ from sync_service.mailtrap.double import FakeClock, MailtrapDouble
 from sync_service.models import RunOutcome
 from sync_service.reconcile import reconcile
 from tests.support.audience import Audience
-from tests.support.harness import Harness, Source
+from tests.support.harness import Harness, Source, customers
 from tests.support.openapi import ValidatingTransport
 
 
@@ -88,3 +88,20 @@ def test_reconcile_reads_plain_csv_exports(harness: Harness) -> None:
     assert result.counts["missing"] == 1
     audience.run()
     assert "user3@example.com" in harness.double.contacts()
+
+
+def test_drifted_key_gone_from_the_source_is_not_recreated(harness: Harness) -> None:
+    """A drifted key whose row was deleted from the source is not sent, nor fetched again."""
+    audience = Audience(harness)
+    harness.source.insert(range(1, 11))
+    audience.run()
+    harness.double.delete_contact("user4@example.com")
+    harness.double.delete_contact("user5@example.com")
+    assert reconcile(audience.job()).counts["missing"] == 2
+    with harness.source.engine.begin() as conn:
+        conn.execute(customers.delete().where(customers.c.id == 5))
+    audience.run()
+    held = harness.double.contacts()
+    assert "user4@example.com" in held
+    assert "user5@example.com" not in held
+    assert harness.store.drifted_keys("customers") == []

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from sync_service.mailtrap.double import FakeClock, MailtrapDouble
+from sync_service.mailtrap.double import FakeClock, MailtrapDouble, RateLimits
 from sync_service.models import RunOutcome
 from tests.support.audience import Audience
 from tests.support.harness import Harness, Source
@@ -116,3 +116,19 @@ def test_backlog_drains_over_runs_after_the_imports(harness: Harness) -> None:
     second = audience.run()
     assert second.counts["events_sent"] == 100
     assert harness.store.audience_counts("customers")["events_backlog"] == 19_800
+
+
+def test_backlog_drains_to_zero_over_runs(harness: Harness) -> None:
+    """600 queued events under 300/60 s: 150 per run, drained in 4 runs, each sent once."""
+    harness.double.rate_limits = RateLimits(account_requests=300, token_requests=None)
+    audience = Audience(harness, events={}, pacing="300/60s")
+    harness.source.insert(range(1, 101))
+    audience.add_events((e, e % 100 + 1, "Login") for e in range(1, 601))
+    backlogs = []
+    for _ in range(4):
+        assert audience.run().counts["events_sent"] == 150
+        backlogs.append(harness.store.audience_counts("customers")["events_backlog"])
+    assert backlogs == [450, 300, 150, 0]
+    assert len(harness.double.events()) == 600
+    counts = harness.store.audience_counts("customers")
+    assert (counts["events_sent"], counts["events_possibly_duplicated"]) == (600, 0)

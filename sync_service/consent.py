@@ -63,13 +63,14 @@ def screen(job: SyncJob, mapped: Sequence[Mapped], stored: Mapping[str, StoredCo
     recorded then.
     """
     settings: ConsentSettings | None = job.pipeline.consent
-    if settings is None:
-        return changes
-    out = _opted_out(job, settings, mapped)
-    fresh = {key for key in out if key not in stored or stored[key].hash == "deleted"}
-    skip = fresh if settings.on_opt_out == "skip" else set()
-    if state is job.store:
-        job.store.record_optouts(job.name, {k: e for k, e in out.items() if k not in skip})
+    skip: set[str] = set()
+    if settings is not None:
+        out = _opted_out(job, settings, mapped)
+        if settings.on_opt_out == "skip":
+            skip = {key for key in out if key not in stored or stored[key].hash == "deleted"}
+        if state is job.store:
+            job.store.record_optouts(job.name, {k: e for k, e in out.items() if k not in skip})
+    # Also without [consent]: a reconcile may have found contacts unsubscribed in Mailtrap.
     keys = [c.source_key for c in changes if c.entries]
     lookup = getattr(state, "unsubscribed_keys", None)
     unsubscribed: set[str] = lookup(job.name, keys) if keys and lookup is not None else set()

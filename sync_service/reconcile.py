@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 PAGE = 2_000
 CHUNK = 2_000
+BUSY_RETRY_S = 300.0  # the daemon's next try when another process holds the pipeline
 
 
 def reconcile(job: SyncJob) -> RunResult:
@@ -72,7 +73,7 @@ def reconcile(job: SyncJob) -> RunResult:
             with _export(job, Path(folder) / "lists", list_ids=mapper.list_ids,
                          status=None) as rows, \
                     _index(Path(folder) / "index.db") as index:
-                _fill(index, rows, mapper, columns, counts)
+                _fill(job, index, rows, mapper, columns=columns, counts=counts)
                 _compare(job, index, mapper, counts)
         job.store.set_reconciled(job.name)
 
@@ -93,14 +94,14 @@ def schedule(daemon: Daemon, scheduler: BaseScheduler, pipeline: PipelineSetting
     last = store.reconciled_at(pipeline.name)
     due = datetime.now(UTC) if last is None else max(datetime.now(UTC),
                                                      last + timedelta(seconds=every))
-    scheduler.add_job(_scheduled, IntervalTrigger(seconds=every), args=[daemon, pipeline, store,
-                                                                       client],
+    scheduler.add_job(_scheduled, IntervalTrigger(seconds=every),
+                      args=[daemon, scheduler, pipeline, store, client],
                       id=f"{pipeline.name}:reconcile", name=f"{pipeline.name} reconcile",
                       next_run_time=due, max_instances=1, coalesce=True)
 
 
-def _scheduled(daemon: Daemon, pipeline: PipelineSettings, store: StateStore,
-               client: MailtrapClient) -> None:
+def _scheduled(daemon: Daemon, scheduler: BaseScheduler, pipeline: PipelineSettings,
+               store: StateStore, client: MailtrapClient) -> None:
     from sync_service.job import SyncJob  # noqa: PLC0415 - the job imports this module
 
     if daemon.stop.is_set():
@@ -110,7 +111,12 @@ def _scheduled(daemon: Daemon, pipeline: PipelineSettings, store: StateStore,
     try:
         result = reconcile(job)
     except PipelineBusy as exc:
-        log.info("reconcile.busy", pipeline=pipeline.name, reason=str(exc))
+        # Held by another process: try again soon rather than a whole interval later.
+        log.info("reconcile.busy", pipeline=pipeline.name, reason=str(exc),
+                 retry_in_s=BUSY_RETRY_S)
+        scheduler.add_job(_scheduled, "date", args=[daemon, scheduler, pipeline, store, client],
+                          run_date=datetime.now(UTC) + timedelta(seconds=BUSY_RETRY_S),
+                          id=f"{pipeline.name}:reconcile-retry", replace_existing=True)
         return
     except SyncError as exc:
         log.error("reconcile.not_started", pipeline=pipeline.name, error=str(exc))
@@ -170,10 +176,11 @@ def _index(path: Path) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
-def _fill(index: sqlite3.Connection, rows: Iterator[ExportedContact], mapper: Mapper,
-          columns: dict[str, str], counts: dict[str, int]) -> None:
+def _fill(job: SyncJob, index: sqlite3.Connection, rows: Iterator[ExportedContact],
+          mapper: Mapper, *, columns: dict[str, str], counts: dict[str, int]) -> None:
     """Hash each exported contact as the diff hashes what it sends, into the index."""
     for chunk in _chunks(rows):
+        job.check_stop()
         values = [_hashes(row, mapper, columns) for row in chunk]
         index.executemany("INSERT OR REPLACE INTO held VALUES (?, ?, ?, ?)", values)
         _add(counts, "exported", len(values))
@@ -202,6 +209,7 @@ def _compare(job: SyncJob, index: sqlite3.Connection, mapper: Mapper,
              counts: dict[str, int]) -> None:
     after: str | None = None
     while page := job.store.contacts_page(job.name, after, PAGE):
+        job.check_stop()
         after = page[-1][0]
         live = [(key, email, hash_) for key, email, hash_ in page if hash_ not in ("deleted",)]
         keys = [key for key, _email, _hash in live]

@@ -5,6 +5,7 @@ sync; contacts unsubscribed in Mailtrap are recorded and never put back on a lis
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from sync_service.mailtrap.double import FakeClock, MailtrapDouble
 from sync_service.models import RunOutcome
 from sync_service.reconcile import reconcile
-from tests.support.audience import Audience
+from tests.support.audience import T0, Audience
 from tests.support.harness import Harness, Source, customers
 from tests.support.openapi import ValidatingTransport
 
@@ -70,6 +71,12 @@ def test_reconcile_then_sync_restores_drift(harness: Harness) -> None:
         contact = held[f"user{i}@example.com"]
         assert (contact.list_ids == set(lists)) is not (51 <= i <= 55), i
         assert (contact.status == "unsubscribed") is (51 <= i <= 55)
+    harness.source.update(range(51, 56), at=T0 + timedelta(hours=1), first_name="Later")
+    assert audience.run().outcome is RunOutcome.SUCCEEDED
+    for i in range(51, 56):  # changed at the source: the update goes, the lists do not
+        contact = harness.double.contact(f"user{i}@example.com")
+        assert contact is not None
+        assert (contact.fields["first_name"], contact.list_ids) == ("Later", frozenset())
     imports_before = len(harness.double.imports())
     assert audience.run().outcome is RunOutcome.SUCCEEDED
     assert len(harness.double.imports()) == imports_before  # nothing left to repair

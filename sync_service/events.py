@@ -79,9 +79,19 @@ def ingest(job: SyncJob, settings: EventsSettings) -> int:
     with _open(settings) as connector:
         for chunk in _chunks(connector.read(job.store.events_mark(job.name))):
             job.check_stop()
+            _check_columns(job, settings, chunk[0])
             events = [to_event(record, settings) for record in chunk if not record.deleted]
             queued += job.store.queue_events(job.name, events, chunk[-1].position)
     return queued
+
+
+def _check_columns(job: SyncJob, settings: EventsSettings, record: SourceRecord) -> None:
+    wanted = [settings.email, *([settings.name] if settings.name else []), *settings.params]
+    missing = sorted({c for c in wanted if c not in record.values})
+    if missing:
+        raise ConfigError(f"pipeline {job.name}: events names columns that the events source "
+                          f"does not return: {', '.join(missing)} (it returns: "
+                          f"{', '.join(sorted(record.values))})")
 
 
 def send(job: SyncJob, settings: EventsSettings, counts: dict[str, int]) -> None:
@@ -132,8 +142,9 @@ def to_event(record: SourceRecord, settings: EventsSettings) -> QueuedEvent:
     try:
         email = normalise_email(record.values.get(settings.email))
         name = _name(record, settings)
-        params = {column: _param(column, record.values.get(column))
-                  for column in settings.params}
+        # NULL is left out: the spec (OpenAPI 3.1) allows no null param value.
+        params = {column: _param(column, record.values[column]) for column in settings.params
+                  if record.values.get(column) is not None}
     except (MappingRejected, EventRejected) as exc:
         raw = record.values.get(settings.email)
         return QueuedEvent(key, str(raw or ""), settings.name_value or "", {},
@@ -153,8 +164,8 @@ def _name(record: SourceRecord, settings: EventsSettings) -> str:
 
 
 def _param(column: str, value: Any) -> FieldValue:
-    """A param value as Mailtrap allows: string (≤ 255), number, boolean or null."""
-    if value is None or isinstance(value, bool | int):
+    """A param value as Mailtrap allows: string (≤ 255), number or boolean."""
+    if isinstance(value, bool | int):
         return value
     if isinstance(value, float | Decimal):
         if not math.isfinite(value):

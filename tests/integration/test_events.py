@@ -132,3 +132,20 @@ def test_backlog_drains_to_zero_over_runs(harness: Harness) -> None:
     assert len(harness.double.events()) == 600
     counts = harness.store.audience_counts("customers")
     assert (counts["events_sent"], counts["events_possibly_duplicated"]) == (600, 0)
+
+
+def test_bad_rows_are_recorded_and_a_missing_column_is_named(harness: Harness) -> None:
+    """A row Mailtrap could not take is rejected with its reason (the rest go); a params column
+    the events source lacks fails the run with a message naming it."""
+    audience = Audience(harness, events={})
+    harness.source.insert(range(1, 4))
+    audience.add_events([(1, 1, "Login"), (2, 2, "x" * 300), (3, 3, "Login")])
+    assert audience.run().outcome is RunOutcome.SUCCEEDED
+    assert sorted(e.email for e in harness.double.events()) == ["user1@example.com",
+                                                                 "user3@example.com"]
+    assert harness.store.audience_counts("customers")["events_rejected"] == 1
+    audience.events = {"params": ["plan", "nope"]}
+    audience.add_events([(4, 1, "Login")])
+    failed = audience.run()
+    assert failed.outcome is RunOutcome.FAILED
+    assert "events source does not return: nope" in (failed.error or "")

@@ -32,7 +32,6 @@ from starlette.types import ASGIApp
 
 from sync_service.mailtrap import double_contacts as contacts
 from sync_service.mailtrap.double_app import build_app
-from sync_service.mailtrap.double_audience import AudienceState, ReceivedEvent
 from sync_service.mailtrap.double_limits import (
     DropError,
     FakeClock,
@@ -44,11 +43,13 @@ from sync_service.mailtrap.double_limits import (
 )
 from sync_service.mailtrap.double_model import (
     ApiError,
+    AudienceState,
     ContactView,
     FieldView,
     ImportView,
     Json,
     LoggedRequest,
+    ReceivedEvent,
     email_key,
 )
 from sync_service.mailtrap.double_server import serve

@@ -34,8 +34,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sync_service.mailtrap import double_audience as audience
 from sync_service.mailtrap import double_contacts as contacts
+from sync_service.mailtrap import double_state as audience
 from sync_service.mailtrap.double_limits import DropError, Fault
 from sync_service.mailtrap.double_model import Account, ApiError, Json, LoggedRequest
 from sync_service.mailtrap.transport import ConnectionDropped
@@ -226,7 +226,7 @@ class _Api:
         return await self._run(request, operation)
 
 
-# --- consent branch: custom events, contact exports and their files (double_audience) -------
+# --- consent branch: custom events, contact exports and their files (double_state) ----------
 
 def _audience_routes(api: _Api) -> list[Route]:
     async def events(request: Request) -> Response:

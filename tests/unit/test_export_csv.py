@@ -9,8 +9,8 @@ import pytest
 
 from sync_service.errors import ExportFormatError
 from sync_service.export_csv import read_export
-from sync_service.mailtrap.double_audience import export_file
 from sync_service.mailtrap.double_model import Account, Contact, ContactList, Field
+from sync_service.mailtrap.double_state import export_file
 
 TAGS = {"First name": "first_name", "first_name": "first_name", "seats": "seats"}
 LISTS = {"Customers": 3, "Newsletter": 4}

@@ -23,11 +23,13 @@ def double() -> MailtrapDouble:
     return MailtrapDouble(clock=FakeClock())
 
 
-@pytest.fixture
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def harness(double: MailtrapDouble, mailtrap_transport: ValidatingTransport, tmp_path: Any,
-            sqlite_url: str) -> Iterator[Harness]:
+            request: pytest.FixtureRequest) -> Iterator[Harness]:
+    """The pipeline with its state store on SQLite, then on PostgreSQL."""
+    state_url = request.getfixturevalue(f"{request.param.replace('postgresql', 'pg')}_url")
     source = Source(f"sqlite:///{tmp_path}/crm.db")
-    h = Harness(double, mailtrap_transport, source, sqlite_url)
+    h = Harness(double, mailtrap_transport, source, state_url)
     yield h
     h.close()
 

@@ -6,8 +6,10 @@ How the job uses this module (two hooks):
   keys whose ``[pipelines.consent] unsubscribed`` column is truthy as pending opt-outs in the state
   store (before the watermark can pass their rows, so none is lost); with ``on_opt_out = "skip"``
   it drops the creation of a contact that does not exist yet; and it takes
-  ``list_ids_included`` off the entries of keys Mailtrap already has unsubscribed, so the sync
-  never puts an unsubscribed contact back on a list it left.
+  ``list_ids_included`` off the entries of keys that opted out or that Mailtrap has
+  unsubscribed, so the sync never adds an opted-out contact to a list (a new one is created on
+  none, and is not reachable through a list before its PATCH), nor puts an unsubscribed contact
+  back on a list it left. Contacts already on a list stay there.
 - ``apply`` runs once the run's imports are confirmed: each pending opt-out whose contact Mailtrap
   confirmed at that address gets one ``PATCH .../contacts/{email}`` with ``unsubscribed: true``
   (paced and retried by the client), and is recorded done only after Mailtrap answered. A crash
@@ -64,6 +66,7 @@ def screen(job: SyncJob, mapped: Sequence[Mapped], stored: Mapping[str, StoredCo
     """
     settings: ConsentSettings | None = job.pipeline.consent
     skip: set[str] = set()
+    out: dict[str, str] = {}
     if settings is not None:
         out = _opted_out(job, settings, mapped)
         if settings.on_opt_out == "skip":
@@ -74,6 +77,7 @@ def screen(job: SyncJob, mapped: Sequence[Mapped], stored: Mapping[str, StoredCo
     keys = [c.source_key for c in changes if c.entries]
     lookup = getattr(state, "unsubscribed_keys", None)
     unsubscribed: set[str] = lookup(job.name, keys) if keys and lookup is not None else set()
+    unsubscribed |= set(out)  # opted out now: not added to a list while the PATCH is pending
     return [_screened(change, skip, unsubscribed) for change in changes]
 
 

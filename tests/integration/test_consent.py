@@ -51,6 +51,8 @@ def test_opted_out_rows_are_unsubscribed_once(harness: Harness) -> None:
     held = harness.double.contacts()
     assert all(held[f"user{i}@example.com"].status == "unsubscribed" for i in range(1, 101))
     assert all(held[f"user{i}@example.com"].status == "subscribed" for i in range(101, 301))
+    assert all(not held[f"user{i}@example.com"].list_ids for i in range(1, 101))  # on no list
+    assert all(held[f"user{i}@example.com"].list_ids for i in range(101, 301))
     first_patch = next(i for i, r in enumerate(harness.double.requests()) if r.method == "PATCH")
     assert any(r.path.endswith("/imports") for r in harness.double.requests()[:first_patch])
     assert audience.run().outcome is RunOutcome.SUCCEEDED
@@ -87,6 +89,7 @@ def test_skip_never_creates_an_opted_out_contact(harness: Harness) -> None:
     audience.opt([10], 1, at=T0 + timedelta(hours=1))
     audience.run()
     assert _unsubscribes(audience) == ["user10@example.com"]
+    assert harness.double.contact("user10@example.com").list_ids  # type: ignore[union-attr]
     assert harness.double.contact("user10@example.com").status == "unsubscribed"  # type: ignore[union-attr]
 
 

@@ -47,6 +47,7 @@ from typing import Any
 
 import structlog
 
+from sync_service import consent, events, reconcile
 from sync_service.connector import Connector, in_order, load_connector
 from sync_service.delivery import BatchBuilder, Courier, Sink, count_change
 from sync_service.diff import Change, Differ, Mapped, OnRecord, Pending, View
@@ -131,6 +132,7 @@ class SyncJob:
         self.lease_ttl = lease_ttl if lease_ttl is not None else settings.lease_ttl
         self._keeper = LeaseKeeper(store, self.name, self.owner, self.lease_ttl)
         self._connector: Connector | None = None
+        self._screen: Callable[[Change], Change] = consent.unchanged  # set per chunk by _scan
 
     # entry points ------------------------------------------------------------------------
     def run(self, kind: RunKind = RunKind.SYNC, *, resend: bool = False) -> RunResult:
@@ -140,10 +142,13 @@ class SyncJob:
             differ = Differ(self.build_mapper(create_lists=True), resend=resend)
             since = None if kind is RunKind.BACKFILL else self.store.get_watermark(self.name)
             with self.open_connector() as connector:
+                reconcile.resend_drifted(self, connector, differ, run)  # consent branch
                 self._scan(in_order(connector.read(since), connector), differ, run,
                            connector=connector)
                 run.finish()
                 self._recheck_duplicates(connector, differ, run)
+            consent.apply(self, run.courier.counts)  # consent branch: opt-outs, then events
+            events.drain(self, run.courier.counts)
 
         return self._execute(kind, body)
 
@@ -169,6 +174,7 @@ class SyncJob:
             records = connector.read(state.get_watermark(self.name))
             self._scan(records, Differ(mapper), sink, state=state, connector=connector)
         report.imports = sink.imports()
+        events.plan(self, report, state, sample)  # consent branch
         return report
 
     # the run's frame ---------------------------------------------------------------------
@@ -311,6 +317,8 @@ class SyncJob:
                 self._check_columns(chunk[0])
                 checked = True
             mapped = differ.map(chunk)
+            # The pipeline's consent rules for this chunk (consent.py), applied to each change.
+            self._screen = consent.screener(self, mapped, state=state)
             start, verified = 0, -1
             while start < len(mapped):
                 start, verified = self._decide(mapped, (start, verified), differ, sink, state)
@@ -333,12 +341,12 @@ class SyncJob:
             if index != verified and self._repeated(item, view, sink):
                 verdict = self._source_rows(item, differ, sink)
                 if verdict is not None:
-                    sink.accept([verdict])
+                    sink.accept([self._screen(verdict)])
                     continue
                 if key in sink.pending.keys:
                     sink.flush()  # the earlier row goes out first; look the state up again
                     return index, index
-            sink.accept([differ.decide(item, view, sink.pending)])
+            sink.accept([self._screen(differ.decide(item, view, sink.pending))])
             if sink.flushes != flushes:
                 return index + 1, -1
         return len(mapped), -1

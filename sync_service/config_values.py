@@ -1,6 +1,7 @@
 """Small helpers for reading configuration values, shared by the settings modules: ``${VAR}``
-expansion (secret-looking variables registered for redaction) and one-line descriptions of
-pydantic validation errors."""
+expansion (secret-looking variables registered for redaction), one-line descriptions of pydantic
+validation errors, and the validation of a connector table (a pipeline's ``source``, an events
+``source``) by its connector's own settings model."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sync_service.logging import SECRET_VARIABLE, register_secret
+from sync_service.connector import ConnectorSettings, load_connector
+from sync_service.errors import ConfigError
+from sync_service.logging import SECRET_VARIABLE, register_secret, register_url
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -44,3 +47,27 @@ def describe_errors(exc: ValidationError, *, raw: dict[str, Any] | None = None,
         message = str(error["msg"]).removeprefix("Value error, ")
         lines.append(f"{where}: {message}" if where else message)
     return "; ".join(lines)
+
+
+def connector_settings(value: Any, where: str) -> ConnectorSettings:
+    """A connector table validated by its connector's own settings model; ``${VAR}`` expanded,
+    URLs and secret-looking values registered for redaction, errors prefixed with ``where``."""
+    if isinstance(value, ConnectorSettings):
+        return value
+    if not isinstance(value, dict) or "connector" not in value:
+        raise ValueError("needs a table with a `connector` key (e.g. connector = \"sql\")")
+    raw = {k: expand_env(v, f"{where}.{k}") if isinstance(v, str) else v
+           for k, v in value.items()}
+    for key, item in raw.items():
+        if isinstance(item, str) and "url" in key.lower():
+            register_url(item)
+        elif isinstance(item, str) and SECRET_VARIABLE.search(key):
+            register_secret(item)
+    try:
+        factory = load_connector(str(raw["connector"]))
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from exc
+    try:
+        return factory.settings_model.model_validate(raw)
+    except ValidationError as exc:
+        raise ValueError(describe_errors(exc, prefix=where)) from exc

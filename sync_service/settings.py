@@ -41,11 +41,12 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from sync_service.config_values import connector_settings
 from sync_service.config_values import describe_errors as _describe
 from sync_service.config_values import expand_env as expand_env  # noqa: PLC0414 - old home
-from sync_service.connector import ConnectorSettings, load_connector
+from sync_service.connector import ConnectorSettings
 from sync_service.errors import ConfigError
-from sync_service.logging import SECRET_VARIABLE, register_secret, register_url
+from sync_service.logging import register_secret, register_url
 from sync_service.settings_audience import ConsentSettings, EventsSettings, Interval
 from sync_service.units import Duration, Rate
 from sync_service.units import parse_duration as parse_duration  # noqa: PLC0414 - old home
@@ -211,25 +212,7 @@ class PipelineSettings(_Section):
     @field_validator("source", mode="before")
     @classmethod
     def _source(cls, value: Any) -> ConnectorSettings:
-        if isinstance(value, ConnectorSettings):
-            return value
-        if not isinstance(value, dict) or "connector" not in value:
-            raise ValueError("needs a table with a `connector` key (e.g. connector = \"sql\")")
-        raw = {k: expand_env(v, f"source.{k}") if isinstance(v, str) else v
-               for k, v in value.items()}
-        for key, item in raw.items():
-            if isinstance(item, str) and "url" in key.lower():
-                register_url(item)
-            elif isinstance(item, str) and SECRET_VARIABLE.search(key):
-                register_secret(item)
-        try:
-            factory = load_connector(str(raw["connector"]))
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from exc
-        try:
-            return factory.settings_model.model_validate(raw)
-        except ValidationError as exc:
-            raise ValueError(_describe(exc, prefix="source")) from exc
+        return connector_settings(value, "source")
 
     @model_validator(mode="after")
     def _one_schedule(self) -> PipelineSettings:

@@ -14,15 +14,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from sync_service.config_values import describe_errors as _describe
-from sync_service.config_values import expand_env
-from sync_service.connector import ConnectorSettings, load_connector
-from sync_service.errors import ConfigError
+from sync_service.config_values import connector_settings
+from sync_service.connector import ConnectorSettings
 from sync_service.units import parse_duration
 
 DEFAULT_EVENTS_SHARE = 0.5
@@ -82,20 +79,3 @@ class EventsSettings(_Section):
             return self.max_per_run
         return max(1, int(account_rate[0] * self.budget_share))
 
-
-def connector_settings(value: Any, where: str) -> ConnectorSettings:
-    """A connector table validated by its connector's own settings model."""
-    if isinstance(value, ConnectorSettings):
-        return value
-    if not isinstance(value, dict) or "connector" not in value:
-        raise ValueError("needs a table with a `connector` key (e.g. connector = \"sql\")")
-    raw = {k: expand_env(v, f"{where}.{k}") if isinstance(v, str) else v
-           for k, v in value.items()}
-    try:
-        factory = load_connector(str(raw["connector"]))
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from exc
-    try:
-        return factory.settings_model.model_validate(raw)
-    except ValidationError as exc:
-        raise ValueError(_describe(exc, prefix=where)) from exc

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from sync_service.errors import ConfigError
+from sync_service.logging import redact
 from sync_service.metrics import Metrics
 from sync_service.settings import load_settings
 
@@ -73,3 +74,16 @@ def test_events_backlog_metric() -> None:
     metrics = Metrics()
     metrics.set_events_backlog("crm", 19_900)
     assert 'mailtrap_sync_events_backlog{pipeline="crm"} 19900.0' in metrics.render().decode()
+
+
+def test_events_source_url_password_is_registered_for_redaction(tmp_path: Path) -> None:
+    """The events source's URL is registered like the pipeline's own source: its password is
+    hidden in any later text (a driver's message), not only in URLs."""
+    path = tmp_path / "cfg.toml"
+    text = BASE.format(events='name = "event"', every="1d")
+    events_table = text.index("[pipelines.events.source]")
+    text = text[:events_table] + text[events_table:].replace(
+        'url = "sqlite:///crm.db"', 'url = "postgresql://crm:Ev%40nts-s3cret@db/crm"', 1)
+    path.write_text(text)
+    load_settings(path)
+    assert redact("authentication failed: Ev@nts-s3cret") == "authentication failed: ***"

@@ -10,7 +10,7 @@ the test can fill, change and empty, and connectors on it)::
         def put(self, rows): ...            # create or replace records
         def delete(self, keys): ...         # delete records (however the source deletes)
         def connect(self, *, page_size): ...  # a connector reading pages of page_size records
-        def connect_with_bad_credentials(self): ...  # or None if the source has none
+        def connect_with_bad_credentials(self): ...  # or, without credentials, a missing source
 
     class TestMyConnector(ConnectorContract):
         @pytest.fixture
@@ -78,9 +78,11 @@ class ContractSource(ABC):
     def connect(self, *, page_size: int) -> Connector:
         """A new connector on this source, reading ``page_size`` records a request or query."""
 
-    def connect_with_bad_credentials(self) -> Connector | None:
-        """A connector whose credentials the source refuses; None if it has no credentials."""
-        return None
+    @abstractmethod
+    def connect_with_bad_credentials(self) -> Connector:
+        """A connector whose credentials the source refuses; for a source that has none (a
+        file, SQLite), one pointed at a source that is not there. ``bad_credentials_hint``
+        matches the error's words."""
 
     def expected_email(self, row: Row) -> str | None:
         """The address a connector yields for ``row`` (by default the first one)."""
@@ -218,11 +220,11 @@ class ConnectorContract:
         assert fetched == {rows[0].key: rows[0].name, rows[3].key: "current"}
 
     def test_check_names_bad_credentials(self, source: ContractSource) -> None:
-        """check() with refused credentials raises ConfigError naming the problem (CLI exit 2)."""
-        connector = source.connect_with_bad_credentials()
-        if connector is None:
-            pytest.skip("this source has no credentials to get wrong")
-        with closing(connector), pytest.raises(ConfigError) as raised:
+        """check() with refused credentials (or, without any, a source that is not there)
+        raises ConfigError naming the problem (CLI exit 2)."""
+        # Refused when the connector is built, or at check().
+        with pytest.raises(ConfigError) as raised, \
+                closing(source.connect_with_bad_credentials()) as connector:
             connector.check()
         assert re.search(source.bad_credentials_hint, str(raised.value), re.IGNORECASE), \
             str(raised.value)

@@ -57,6 +57,13 @@ class FileDrops(ContractSource):
         return FileConnector(FileSourceSettings(connector="file", path=str(self.folder),
                                                 key="id"))
 
+    bad_credentials_hint = "source.path: .* does not exist"
+
+    def connect_with_bad_credentials(self) -> FileConnector:
+        """Files have no credentials: a path that is not there."""
+        return FileConnector(FileSourceSettings(connector="file", key="id",
+                                                path=str(self.folder / "no-such-export")))
+
 
 class TestFileConnectorContract(ConnectorContract):
     """The file connector, on CSV and JSON Lines drops, against the contract suite."""

@@ -57,8 +57,9 @@ class SqlSource(ContractSource):
             connector="sql", url=url or self.url, table="customers", key="id",
             cursor="updated_at", deleted_column="deleted_at", lookback=0, fetch_size=page_size))
 
-    def connect_with_bad_credentials(self) -> SqlConnector | None:
-        """A user the server does not know (PostgreSQL) or a wrong password (MariaDB)."""
+    def connect_with_bad_credentials(self) -> SqlConnector:
+        """A user the server does not know (PostgreSQL), a wrong password (MariaDB), or a
+        SQLite file that is not there."""
         url = make_url(self.url)
         if url.get_backend_name() == "postgresql":
             return self.connect(page_size=3, url=url.set(username="no_such_role_x")
@@ -66,7 +67,10 @@ class SqlSource(ContractSource):
         if url.get_backend_name() in ("mysql", "mariadb"):
             return self.connect(page_size=3, url=url.set(password="wrong-password")
                                 .render_as_string(hide_password=False))
-        return None  # SQLite has no credentials
+        # SQLite has no credentials: a file that is not there is its "access refused".
+        self.bad_credentials_hint = "SQLite source file .* does not exist"
+        missing = url.set(database=f"{url.database}.missing.db")
+        return self.connect(page_size=3, url=missing.render_as_string(hide_password=False))
 
 
 class TestSqlConnectorContract(ConnectorContract):

@@ -493,7 +493,11 @@ def test_signal_during_a_log_write_still_stops() -> None:
     done = subprocess.run([sys.executable, "-c", _SIGNAL_DURING_A_WRITE], cwd=REPO,
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
                           capture_output=True, timeout=20, check=False)
-    assert done.stdout.decode().rstrip().endswith("stopped True")
+    # The handler's "stop.requested" line comes from a thread of its own, so it may be written
+    # before or after the script's last line: what matters is that the process got there.
+    lines = done.stdout.decode().splitlines()
+    assert "stopped True" in lines, lines
+    assert done.returncode == 0, done.stderr.decode()
 
 
 @pytest.fixture

@@ -51,6 +51,7 @@ from sync_service.connector import Connector, in_order, load_connector
 from sync_service.delivery import BatchBuilder, Courier, Sink, count_change
 from sync_service.diff import Change, Differ, Mapped, OnRecord, Pending, View
 from sync_service.errors import ConfigError, Interrupted, LeaseLost, Stopped, SyncError
+from sync_service.fields import create_fields, plan_fields
 from sync_service.lease import LeaseKeeper
 from sync_service.mailtrap.client import ContactList, MailtrapClient
 from sync_service.mapping import Mapper
@@ -92,6 +93,7 @@ class PlanReport:
     samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     imports: int = 0
     lists_to_create: list[str] = field(default_factory=list)
+    fields_to_create: list[str] = field(default_factory=list)
 
 
 def new_owner() -> str:
@@ -250,28 +252,32 @@ class SyncJob:
             connector.close()
 
     def build_mapper(self, *, create_lists: bool, report: PlanReport | None = None) -> Mapper:
-        """The pipeline's mapper. Lists are created (``create_lists``) only once the fields and
-        the source have passed their checks, so a run failing on configuration creates none."""
-        field_types = {f.merge_tag: f.data_type for f in self.client.fields()}
+        """The pipeline's mapper. Missing declared fields and lists are created
+        (``create_lists``) only once the fields and the source have passed their checks, so a
+        run failing on configuration creates nothing."""
+        fields = plan_fields(self.pipeline, self.client.fields())
 
         def mapper(list_ids: tuple[int, ...]) -> Mapper:
             try:
                 return Mapper(email_column=self.pipeline.mapping.email,
-                              fields=self.pipeline.mapping.fields,
-                              field_types=field_types, list_ids=list_ids)
+                              fields=self.pipeline.mapping.columns,
+                              field_types=fields.types, list_ids=list_ids)
             except ConfigError as exc:
                 raise ConfigError(f"pipeline {self.name}: {exc}") from exc
 
-        mapper(())  # the fields, before any list is created
+        mapper(())  # the fields, before any field or list is created
         existing = self.client.lists()
         missing = PlanReport(self.name)
         found = self._resolve_lists(existing, create=False, report=missing)
-        if not (create_lists and missing.lists_to_create):
+        if not (create_lists and (missing.lists_to_create or fields.to_create)):
             if report is not None:
                 report.lists_to_create.extend(missing.lists_to_create)
+                report.fields_to_create.extend(
+                    f"{f.merge_tag} ({f.data_type})" for f in fields.to_create)
             return mapper(found)
-        with self.open_connector():  # the source's checks, before any list is created
+        with self.open_connector():  # the source's checks, before anything is created
             pass
+        create_fields(self.client, self.pipeline, fields)
         return mapper(self._resolve_lists(existing, create=True, report=report))
 
     def _resolve_lists(self, existing: Sequence[ContactList], *, create: bool,
@@ -417,7 +423,7 @@ class SyncJob:
 
     def _check_columns(self, record: SourceRecord) -> None:
         mapping = self.pipeline.mapping
-        wanted = [mapping.email, *mapping.fields.values()]
+        wanted = [mapping.email, *mapping.columns.values()]
         missing = sorted({c for c in wanted if c not in record.values})
         if missing:
             raise ConfigError(

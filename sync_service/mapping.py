@@ -235,7 +235,8 @@ class Mapper:
         if missing:
             raise ConfigError(
                 "mapping.fields names merge tags that do not exist in Mailtrap: "
-                + ", ".join(missing) + " (create the fields in Mailtrap first)"
+                + ", ".join(missing) + " (create them in Mailtrap, or declare them as tables "
+                "with a `type` so they are created)"
             )
         unknown = sorted(f"{tag} ({field_types[tag]})" for tag in fields
                          if field_types[tag] not in _CONVERTERS)

@@ -23,7 +23,7 @@ def check_mapped_columns(pipeline: PipelineSettings, connector: Connector) -> No
     available = columns()
     mapping = pipeline.mapping
     wanted = [("mapping.email", mapping.email),
-              *((f"mapping.fields.{tag}", column) for tag, column in mapping.fields.items())]
+              *((f"mapping.fields.{tag}", column) for tag, column in mapping.columns.items())]
     missing = [f"{column} ({setting})" for setting, column in wanted if column not in available]
     if missing:
         raise ConfigError(

@@ -22,7 +22,7 @@ import re
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -163,19 +163,47 @@ def _unsafe(token: str) -> str:
     return " and ".join(found) or "characters a header cannot carry"
 
 
+FIELD_NAME_LIMIT = 50  # Mailtrap's documented limit for a field's name and merge tag
+_MERGE_TAG = re.compile(rf"[A-Za-z0-9_]{{1,{FIELD_NAME_LIMIT}}}")
+
+
+class FieldSpec(_Section):
+    """A typed field: ``[pipelines.mapping.fields.<merge_tag>]``, created in Mailtrap if missing."""
+
+    column: str = Field(min_length=1, description="source column")
+    type: Literal["text", "integer", "float", "boolean", "date"] | None = Field(
+        None, description="Mailtrap data type; a missing field is created with it (text when "
+        "omitted), an existing field of another type is an error")
+    name: str | None = Field(None, min_length=1, max_length=FIELD_NAME_LIMIT,
+                             description="display name of a created field (default: merge tag)")
+
+
 class MappingSettings(_Section):
     email: str = Field("email", description="source column holding the email address")
-    fields: dict[str, str] = Field(
-        default_factory=dict, description="Mailtrap merge_tag = source column"
+    fields: dict[str, str | FieldSpec] = Field(
+        default_factory=dict,
+        description="Mailtrap merge_tag = source column, or a table {column, type, name}",
     )
 
     @field_validator("fields")
     @classmethod
-    def _merge_tags(cls, value: dict[str, str]) -> dict[str, str]:
+    def _merge_tags(cls, value: dict[str, str | FieldSpec]) -> dict[str, str | FieldSpec]:
         for tag in value:
-            if not re.fullmatch(r"[A-Za-z0-9_]{1,50}", tag):
-                raise ValueError(f"merge tag {tag!r} must be 1-50 letters, digits or underscores")
+            if not _MERGE_TAG.fullmatch(tag):
+                raise ValueError(f"merge tag {tag!r} must be 1-{FIELD_NAME_LIMIT} letters, "
+                                 "digits or underscores")
         return value
+
+    @property
+    def columns(self) -> dict[str, str]:
+        """merge tag → source column, whichever form each field is written in."""
+        return {tag: spec if isinstance(spec, str) else spec.column
+                for tag, spec in self.fields.items()}
+
+    @property
+    def declared(self) -> dict[str, FieldSpec]:
+        """The fields written as tables: merge tag → what to create when missing."""
+        return {tag: spec for tag, spec in self.fields.items() if isinstance(spec, FieldSpec)}
 
 
 class PipelineSettings(_Section):

@@ -248,10 +248,12 @@ def explain(ctx: click.Context, pipeline: str, contact: str, no_source: bool,
 
 @cli.command()
 @click.argument("pipelines", nargs=-1)
+@click.option("--fix", is_flag=True, help="create the missing declared fields and lists")
 @json_option
 @click.pass_context
-def check(ctx: click.Context, pipelines: tuple[str, ...], as_json: bool) -> None:
-    """Check config, state store, token and account, lists, fields and sources."""
+def check(ctx: click.Context, pipelines: tuple[str, ...], fix: bool, as_json: bool) -> None:
+    """Check config, state store, token and account, lists, fields and sources (``--fix``
+    creates the missing declared fields and lists)."""
     settings = _settings(ctx)
     found: list[dict[str, Any]] = []
 
@@ -259,7 +261,7 @@ def check(ctx: click.Context, pipelines: tuple[str, ...], as_json: bool) -> None
         found.append({"check": label, "ok": ok, "detail": detail})
 
     code = run_checks(settings, _select(settings, pipelines),
-                      collect if as_json else render.check_line)
+                      collect if as_json else render.check_line, fix=fix)
     if as_json:
         render.emit_json({"ok": code == EXIT_OK, "checks": found})
     sys.exit(code)

@@ -142,6 +142,8 @@ def print_plan(plan: PlanReport) -> None:
     line(f"imports that would be posted: {plan.imports}")
     if plan.lists_to_create:
         line(f"lists that would be created: {', '.join(plan.lists_to_create)}")
+    if plan.fields_to_create:
+        line(f"fields that would be created: {', '.join(plan.fields_to_create)}")
     for kind, examples in sorted(plan.samples.items()):
         if examples:
             line(f"{kind} examples:")

@@ -211,3 +211,10 @@ class ApiCancelled(RequestCancelled):
 
 class LeaseLost(StateError):
     """The run no longer holds its pipeline's lease (fenced): it may neither post nor commit."""
+
+
+# --- audience (issue 12) ---
+
+
+class MassDeleteHeld(SyncError):
+    """The mass-delete brake held a run's deletions; the rest of the run was done (exit 1)."""

@@ -47,10 +47,18 @@ from typing import Any
 
 import structlog
 
+from sync_service import deletions
 from sync_service.connector import Connector, in_order, load_connector
 from sync_service.delivery import BatchBuilder, Courier, Sink, count_change
 from sync_service.diff import Change, Differ, Mapped, OnRecord, Pending, View
-from sync_service.errors import ConfigError, Interrupted, LeaseLost, Stopped, SyncError
+from sync_service.errors import (
+    ConfigError,
+    Interrupted,
+    LeaseLost,
+    MassDeleteHeld,
+    Stopped,
+    SyncError,
+)
 from sync_service.fields import create_fields, plan_fields
 from sync_service.lease import LeaseKeeper
 from sync_service.mailtrap.client import ContactList, MailtrapClient
@@ -94,6 +102,8 @@ class PlanReport:
     imports: int = 0
     lists_to_create: list[str] = field(default_factory=list)
     fields_to_create: list[str] = field(default_factory=list)
+    deletions: int = 0  # tracked keys a key scan finds gone from the source now
+    brake_would_hold: bool = False
 
 
 def new_owner() -> str:
@@ -135,8 +145,13 @@ class SyncJob:
         self._connector: Connector | None = None
 
     # entry points ------------------------------------------------------------------------
-    def run(self, kind: RunKind = RunKind.SYNC, *, resend: bool = False) -> RunResult:
-        """One incremental pass (SYNC) or a full re-read (BACKFILL); raises PipelineBusy."""
+    def run(self, kind: RunKind = RunKind.SYNC, *, resend: bool = False,
+            allow_mass_delete: bool = False) -> RunResult:
+        """One incremental pass (SYNC) or a full re-read (BACKFILL); raises PipelineBusy.
+
+        Deletions (a key scan when due, a snapshot's vanished keys) come last, after every
+        other change is confirmed; the mass-delete brake holds them unless
+        ``allow_mass_delete`` (the run then fails with ``MassDeleteHeld``: exit 1)."""
 
         def body(run: BatchBuilder) -> None:
             differ = Differ(self.build_mapper(create_lists=True), resend=resend)
@@ -146,6 +161,9 @@ class SyncJob:
                            connector=connector)
                 run.finish()
                 self._recheck_duplicates(connector, differ, run)
+                scan = (kind is RunKind.BACKFILL or allow_mass_delete
+                        or self._key_scan_due())
+                self._deletions(connector, differ, run, scan=scan, allow=allow_mass_delete)
 
         return self._execute(kind, body)
 
@@ -170,7 +188,12 @@ class SyncJob:
         with self.open_connector() as connector:
             records = connector.read(state.get_watermark(self.name))
             self._scan(records, Differ(mapper), sink, state=state, connector=connector)
+            found = deletions.find(state, self.name, connector, scan=True,
+                                   seen_deleted=getattr(connector, "deleted_keys", ()))
         report.imports = sink.imports()
+        report.deletions = len(found.gone)
+        report.brake_would_hold = (self.pipeline.on_delete != "ignore" and deletions.brake(
+            self.pipeline, len(found.gone), found.tracked) is not None)
         return report
 
     # the run's frame ---------------------------------------------------------------------
@@ -305,12 +328,13 @@ class SyncJob:
     def _scan(
         self, records: Iterable[SourceRecord], differ: Differ, sink: Sink, *,
         state: StateReader | None = None, connector: Connector | None = None,
+        check_columns: bool = True,
     ) -> None:
         """Read, decide and hand changes to ``sink``; ``connector`` is asked for the current
         rows of keys whose ownership or uniqueness is in doubt."""
         state = state or self.store
         self._connector = connector
-        checked = False
+        checked = not check_columns
         for chunk in chunked(records, READ_CHUNK):
             self.check_stop()
             if not checked:
@@ -420,6 +444,61 @@ class SyncJob:
         run.advance = False  # fetched rows are not in cursor order: the watermark stays put
         self._scan(connector.fetch(released), differ, run, connector=connector)
         run.finish()
+
+    # hard deletes ---------------------------------------------------------------------------
+    def _key_scan_due(self) -> bool:
+        """Whether ``delete_scan_every`` runs (this one included) went by without a key scan."""
+        every = self.pipeline.delete_scan_every
+        runs = self.store.list_runs(self.name, limit=every)
+        return len(runs) >= every and not any(r.counts.get("key_scans") for r in runs)
+
+    def _deletions(self, connector: Connector, differ: Differ, run: BatchBuilder, *,
+                   scan: bool, allow: bool) -> None:
+        """Find the tracked keys gone from the source and apply ``on_delete`` to them, unless
+        the mass-delete brake holds them (``MassDeleteHeld``)."""
+        counts = run.courier.counts
+        found = deletions.find(self.store, self.name, connector, scan=scan,
+                               seen_deleted=getattr(connector, "deleted_keys", ()))
+        if found.scanned:
+            log.info("deletions.key_scan", tracked=found.tracked, gone=len(found.gone))
+        policy = self.pipeline.on_delete
+        if found.gone and policy == "ignore":
+            counts["deletions_ignored"] = len(found.gone)
+        elif found.gone:
+            held = deletions.brake(self.pipeline, len(found.gone), found.tracked)
+            if held is not None and not allow:
+                counts["deletions_held"] = len(found.gone)
+                log.warning("deletions.held", count=len(found.gone), tracked=found.tracked)
+                raise MassDeleteHeld(held)
+            if policy == "delete":
+                self._hard_delete(found.gone, counts)
+            else:
+                self._unlist_gone(found.gone, connector, differ, run)
+        if found.scanned:
+            counts["key_scans"] = 1
+
+    def _unlist_gone(self, keys: Sequence[str], connector: Connector, differ: Differ,
+                     run: BatchBuilder) -> None:
+        """``remove_from_lists``: each gone key goes through the diff as a deleted record."""
+        run.advance = False  # these records have no place in the cursor order
+        gone = (SourceRecord(key=key, cursor=None, values={}, deleted=True) for key in keys)
+        self._scan(gone, differ, run, connector=connector, check_columns=False)
+        run.finish()
+
+    def _hard_delete(self, keys: Sequence[str], counts: dict[str, int]) -> None:
+        """``delete``: DELETE each gone key's contact (paced by the client), then forget the
+        key; an address another live key holds is not deleted, only the gone key forgotten."""
+        for chunk in deletions.chunks(keys):
+            self.check_stop()
+            stored = self.store.get_contacts(self.name, chunk)
+            holders = self.store.get_holders(self.name, [s.email for s in stored.values()])
+            for key in chunk:
+                email = stored[key].email
+                if all(k == key for k in holders.get(email, ())):
+                    self.client.delete_contact(email)
+                    counts["contacts_deleted"] = counts.get("contacts_deleted", 0) + 1
+            self.store.advance(self.name, None, forget=chunk)
+            log.info("deletions.applied", policy="delete", keys=len(chunk))
 
     def _check_columns(self, record: SourceRecord) -> None:
         mapping = self.pipeline.mapping

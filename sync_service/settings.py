@@ -214,6 +214,15 @@ class PipelineSettings(_Section):
     batch_size: int = Field(MAX_BATCH, ge=1, le=MAX_BATCH, strict=True)
     source: ConnectorSettings
     mapping: MappingSettings = MappingSettings()
+    on_delete: Literal["remove_from_lists", "delete", "ignore"] = Field(
+        "remove_from_lists", description="what a key gone from the source does to its contact")
+    delete_scan_every: int = Field(24, ge=1, strict=True,
+                                   description="runs between key scans for hard deletes")
+    max_delete_share: float = Field(0.2, gt=0, le=1, strict=True, allow_inf_nan=False,
+                                    description="the mass-delete brake: largest share of the "
+                                    "tracked contacts one run may remove")
+    max_delete_count: int | None = Field(None, ge=0, strict=True,
+                                         description="the brake's largest count, when set")
     schedule: str | None = Field(None, description="cron expression for `run`")
     every: Duration | None = Field(None, description="interval for `run`, e.g. 10m")
 

@@ -284,6 +284,14 @@ class MailtrapClient:
         self._request("PATCH", f"/contacts/{quote(identifier, safe='')}",
                       json={"contact": dict(contact)}, group="contacts")
 
+    def delete_contact(self, identifier: str) -> bool:
+        """Delete a contact (by id or email); False when Mailtrap does not know it."""
+        try:
+            self._request("DELETE", f"/contacts/{quote(identifier, safe='')}", group="contacts")
+        except MailtrapNotFound:
+            return False
+        return True
+
     # plumbing ---------------------------------------------------------------------------------
     def _url(self, path: str, *, scoped: bool = True) -> str:
         return f"/api/accounts/{self.account_id}{path}" if scoped else path

@@ -39,7 +39,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
@@ -63,6 +63,7 @@ from sync_service.fields import create_fields, plan_fields
 from sync_service.lease import LeaseKeeper
 from sync_service.mailtrap.client import ContactList, MailtrapClient
 from sync_service.mapping import Mapper
+from sync_service.memberships import Memberships
 from sync_service.models import (
     ChangeKind,
     Rejection,
@@ -74,7 +75,7 @@ from sync_service.models import (
 )
 from sync_service.observers import RunObserver  # in __all__: its old home was this module
 from sync_service.preflight import check_mapped_columns
-from sync_service.settings import AppSettings, PipelineSettings
+from sync_service.settings import AppSettings, ListsByColumn, PipelineSettings
 from sync_service.state import StateReader, StateStore
 
 log = structlog.get_logger(__name__)
@@ -280,18 +281,26 @@ class SyncJob:
         run failing on configuration creates nothing."""
         fields = plan_fields(self.pipeline, self.client.fields())
 
-        def mapper(list_ids: tuple[int, ...]) -> Mapper:
+        rules = self.pipeline.lists_by_column
+        dynamic: list[str | int] = list(rules.names) if rules is not None else []
+        wanted: list[str | int] = [*self.pipeline.lists, *dynamic]
+
+        def mapper(by_name: Mapping[str | int, int]) -> Mapper:
+            static = tuple(by_name[w] for w in self.pipeline.lists if w in by_name)
+            memberships = _memberships(rules, by_name) if rules is not None else None
             try:
                 return Mapper(email_column=self.pipeline.mapping.email,
                               fields=self.pipeline.mapping.columns,
-                              field_types=fields.types, list_ids=list_ids)
+                              field_types=fields.types, list_ids=static,
+                              memberships=memberships,
+                              managed=memberships.ids if memberships is not None else ())
             except ConfigError as exc:
                 raise ConfigError(f"pipeline {self.name}: {exc}") from exc
 
-        mapper(())  # the fields, before any field or list is created
+        mapper({})  # the fields, before any field or list is created
         existing = self.client.lists()
         missing = PlanReport(self.name)
-        found = self._resolve_lists(existing, create=False, report=missing)
+        found = self._resolve_lists(wanted, existing, create=False, report=missing)
         if not (create_lists and (missing.lists_to_create or fields.to_create)):
             if report is not None:
                 report.lists_to_create.extend(missing.lists_to_create)
@@ -301,28 +310,30 @@ class SyncJob:
         with self.open_connector():  # the source's checks, before anything is created
             pass
         create_fields(self.client, self.pipeline, fields)
-        return mapper(self._resolve_lists(existing, create=True, report=report))
+        return mapper(self._resolve_lists(wanted, existing, create=True, report=report))
 
-    def _resolve_lists(self, existing: Sequence[ContactList], *, create: bool,
-                       report: PlanReport | None) -> tuple[int, ...]:
+    def _resolve_lists(self, wanted_lists: Sequence[str | int], existing: Sequence[ContactList],
+                       *, create: bool, report: PlanReport | None) -> dict[str | int, int]:
+        """Wanted list (name or id) → its id; a missing name is created (``create``) or named
+        in ``report``, and absent from the answer."""
         by_name = {item.name: item.id for item in existing}
         by_fold = {item.name.casefold(): item.id for item in existing}
-        ids: list[int] = []
-        for wanted in self.pipeline.lists:
+        ids: dict[str | int, int] = {}
+        for wanted in dict.fromkeys(wanted_lists):
             if isinstance(wanted, int):
                 if wanted not in by_name.values():
                     raise ConfigError(f"pipeline {self.name}: lists: no Mailtrap list has id "
                                       f"{wanted}")
-                ids.append(wanted)
+                ids[wanted] = wanted
             elif (found := by_name.get(wanted, by_fold.get(wanted.casefold()))) is not None:
-                ids.append(found)
+                ids[wanted] = found
             elif create:
                 created = self.client.create_list(wanted)
                 log.info("list.created", pipeline=self.name, list=wanted, list_id=created.id)
-                ids.append(created.id)
+                ids[wanted] = by_name[wanted] = by_fold[wanted.casefold()] = created.id
             elif report is not None:
                 report.lists_to_create.append(wanted)
-        return tuple(ids)
+        return ids
 
     # reading and deciding -----------------------------------------------------------------
     def _scan(
@@ -502,7 +513,9 @@ class SyncJob:
 
     def _check_columns(self, record: SourceRecord) -> None:
         mapping = self.pipeline.mapping
-        wanted = [mapping.email, *mapping.columns.values()]
+        rules = self.pipeline.lists_by_column
+        wanted = [mapping.email, *mapping.columns.values(),
+                  *(rules.source_columns if rules is not None else ())]
         missing = sorted({c for c in wanted if c not in record.values})
         if missing:
             raise ConfigError(
@@ -562,6 +575,17 @@ def _sample(change: Change) -> dict[str, Any]:
                 "reason": change.rejection.reason}
     return {"source_key": change.source_key,
             "contacts": [entry.to_api() for entry in change.entries]}
+
+
+def _memberships(rules: ListsByColumn, ids: Mapping[str | int, int]) -> Memberships | None:
+    """The dynamic list rules with names resolved to ids (None while a list is missing: a plan
+    or check before the lists exist maps contacts onto the static lists only)."""
+    names = rules.names
+    if any(name not in ids for name in names):
+        return None
+    return Memberships(column=rules.column,
+                       by_value={v: ids[n] for v, n in rules.values.items()},
+                       flags={c: ids[n] for c, n in rules.flags.items()})
 
 
 def _first_row(rows: Sequence[SourceRecord]) -> SourceRecord:

@@ -206,6 +206,36 @@ class MappingSettings(_Section):
         return {tag: spec for tag, spec in self.fields.items() if isinstance(spec, FieldSpec)}
 
 
+class ListsByColumn(_Section):
+    """List membership that follows the data: a column's value picks a list, and/or a boolean
+    column per list."""
+
+    column: str | None = Field(None, min_length=1, description="source column whose value "
+                               "picks the list")
+    values: dict[str, Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=dict, description="column value = list name (created if missing)")
+    flags: dict[str, Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=dict, description="boolean source column = list name (a contact whose "
+        "column is true is on the list)")
+
+    @model_validator(mode="after")
+    def _complete(self) -> ListsByColumn:
+        if (self.column is None) != (not self.values):
+            raise ValueError("`column` and `values` go together")
+        if self.column is None and not self.flags:
+            raise ValueError("set `column` and `values`, or `flags`")
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        """Every list these rules manage, in a stable order."""
+        return list(dict.fromkeys([*self.values.values(), *self.flags.values()]))
+
+    @property
+    def source_columns(self) -> list[str]:
+        return ([self.column] if self.column else []) + list(self.flags)
+
+
 class PipelineSettings(_Section):
     name: str
     lists: list[Annotated[str, Field(min_length=1)] | Annotated[StrictInt, Field(gt=0)]] = Field(
@@ -214,6 +244,7 @@ class PipelineSettings(_Section):
     batch_size: int = Field(MAX_BATCH, ge=1, le=MAX_BATCH, strict=True)
     source: ConnectorSettings
     mapping: MappingSettings = MappingSettings()
+    lists_by_column: ListsByColumn | None = None
     on_delete: Literal["remove_from_lists", "delete", "ignore"] = Field(
         "remove_from_lists", description="what a key gone from the source does to its contact")
     delete_scan_every: int = Field(24, ge=1, strict=True,

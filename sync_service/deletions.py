@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
-from sync_service.connector import Connector
+from sync_service.connector import Connector, KeyListing
 from sync_service.diff import TOMBSTONE
 from sync_service.settings import PipelineSettings
 from sync_service.state import StateReader
@@ -42,9 +42,8 @@ class Deletions:
 
 def source_keys(connector: Connector) -> set[str]:
     """Every key the source holds now: ``keys()`` when the connector has it, else a full read."""
-    listing = getattr(connector, "keys", None)
-    if callable(listing):
-        return {str(key) for key in listing()}
+    if isinstance(connector, KeyListing):
+        return set(connector.keys())
     return {record.key_str for record in connector.read(None)}
 
 

@@ -458,9 +458,13 @@ class SyncJob:
 
     # hard deletes ---------------------------------------------------------------------------
     def _key_scan_due(self) -> bool:
-        """Whether ``delete_scan_every`` runs (this one included) went by without a key scan."""
+        """Whether ``delete_scan_every`` runs (this one included) went by without a key scan, or
+        the run before this one held deletions (they are looked for again until applied)."""
         every = self.pipeline.delete_scan_every
-        runs = self.store.list_runs(self.name, limit=every)
+        runs = self.store.list_runs(self.name, limit=max(every, 2))
+        if len(runs) > 1 and runs[1].counts.get("deletions_held"):
+            return True
+        runs = runs[:every]
         return len(runs) >= every and not any(r.counts.get("key_scans") for r in runs)
 
     def _deletions(self, connector: Connector, differ: Differ, run: BatchBuilder, *,

@@ -217,3 +217,17 @@ def test_an_empty_source_table_never_removes_anyone_without_the_flag(
     applied = _cli("--config", str(path), "sync", "--allow-mass-delete")
     assert applied.exit_code == 0, applied.output
     assert _listed(double) == set()
+
+
+def test_held_deletions_are_looked_for_again_on_the_next_sync(
+        h: Harness, double: MailtrapDouble) -> None:
+    """A backfill whose deletions the brake held makes the next sync scan again (although
+    delete_scan_every is not due) and hold again, until the flag applies them."""
+    _delete_rows(h.source, range(1, 41))
+    assert _run(h, RunKind.BACKFILL, delete_scan_every=50).outcome is RunOutcome.FAILED
+    again = _run(h, delete_scan_every=50)
+    assert again.outcome is RunOutcome.FAILED
+    assert again.counts["deletions_held"] == 40
+    assert _listed(double) == ALL
+    assert _run(h, delete_scan_every=50, allow=True).outcome is RunOutcome.SUCCEEDED
+    assert _listed(double) == {f"user{i}@example.com" for i in range(41, 101)}

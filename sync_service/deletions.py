@@ -13,21 +13,30 @@ connector does for its snapshots); the state store's keys are read a chunk at a 
 
 The **brake** (``max_delete_share``, ``max_delete_count``) is judged on the whole set before any
 of it is applied, so an empty table or a query that suddenly returns nothing never removes
-anyone unless the operator says so (``--allow-mass-delete``).
+anyone unless the operator says so (``--allow-mass-delete``). A held run is followed by a scan
+on the next run (``scan_due``), so held deletions are looked for until applied.
+
+What a deletion does (``on_delete``) is applied by the job: ``remove_from_lists`` sends the key
+through the diff as a deleted record (an exclusion-only entry, a tombstone on confirmation),
+``delete`` calls ``hard_delete`` here, ``ignore`` only counts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
+import structlog
+
 from sync_service.connector import Connector, KeyListing
 from sync_service.diff import TOMBSTONE
+from sync_service.mailtrap.client import MailtrapClient
 from sync_service.settings import PipelineSettings
-from sync_service.state import StateReader
+from sync_service.state import StateReader, StateStore
 
+log = structlog.get_logger(__name__)
 CHUNK = 2_000
 
 
@@ -98,6 +107,35 @@ def brake(pipeline: PipelineSettings, count: int, tracked: int) -> str | None:
             f"(on_delete = {pipeline.on_delete}). If these deletions are real, run "
             f"`mailtrap-sync sync --allow-mass-delete {pipeline.name}` (or `backfill "
             "--allow-mass-delete`)")
+
+
+def scan_due(store: StateStore, pipeline: PipelineSettings) -> bool:
+    """Whether ``delete_scan_every`` runs (the running one included) went by without a key
+    scan, or the run before this one held deletions (they are looked for until applied)."""
+    every = pipeline.delete_scan_every
+    runs = store.list_runs(pipeline.name, limit=max(every, 2))
+    if len(runs) > 1 and runs[1].counts.get("deletions_held"):
+        return True
+    runs = runs[:every]
+    return len(runs) >= every and not any(r.counts.get("key_scans") for r in runs)
+
+
+def hard_delete(store: StateStore, client: MailtrapClient, pipeline: str, keys: Sequence[str],
+                counts: dict[str, int], *, check_stop: Callable[[], None]) -> None:
+    """``on_delete = "delete"``: DELETE each gone key's contact (paced by the client), then
+    forget the key. An address another live key holds is not deleted; the gone key is only
+    forgotten. A crash between the two repeats the DELETE on the next scan (a 404 is fine)."""
+    for chunk in chunks(keys):
+        check_stop()
+        stored = store.get_contacts(pipeline, chunk)
+        holders = store.get_holders(pipeline, [s.email for s in stored.values()])
+        for key in chunk:
+            email = stored[key].email
+            if all(k == key for k in holders.get(email, ())):
+                client.delete_contact(email)
+                counts["contacts_deleted"] = counts.get("contacts_deleted", 0) + 1
+        store.advance(pipeline, None, forget=chunk)
+        log.info("deletions.applied", policy="delete", keys=len(chunk))
 
 
 def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[list[Any]]:

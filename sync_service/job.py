@@ -163,7 +163,7 @@ class SyncJob:
                 run.finish()
                 self._recheck_duplicates(connector, differ, run)
                 scan = (kind is RunKind.BACKFILL or allow_mass_delete
-                        or self._key_scan_due())
+                        or deletions.scan_due(self.store, self.pipeline))
                 self._deletions(connector, differ, run, scan=scan, allow=allow_mass_delete)
 
         return self._execute(kind, body)
@@ -457,16 +457,6 @@ class SyncJob:
         run.finish()
 
     # hard deletes ---------------------------------------------------------------------------
-    def _key_scan_due(self) -> bool:
-        """Whether ``delete_scan_every`` runs (this one included) went by without a key scan, or
-        the run before this one held deletions (they are looked for again until applied)."""
-        every = self.pipeline.delete_scan_every
-        runs = self.store.list_runs(self.name, limit=max(every, 2))
-        if len(runs) > 1 and runs[1].counts.get("deletions_held"):
-            return True
-        runs = runs[:every]
-        return len(runs) >= every and not any(r.counts.get("key_scans") for r in runs)
-
     def _deletions(self, connector: Connector, differ: Differ, run: BatchBuilder, *,
                    scan: bool, allow: bool) -> None:
         """Find the tracked keys gone from the source and apply ``on_delete`` to them, unless
@@ -486,7 +476,8 @@ class SyncJob:
                 log.warning("deletions.held", count=len(found.gone), tracked=found.tracked)
                 raise MassDeleteHeld(held)
             if policy == "delete":
-                self._hard_delete(found.gone, counts)
+                deletions.hard_delete(self.store, self.client, self.name, found.gone, counts,
+                                      check_stop=self.check_stop)
             else:
                 self._unlist_gone(found.gone, connector, differ, run)
         if found.scanned:
@@ -499,21 +490,6 @@ class SyncJob:
         gone = (SourceRecord(key=key, cursor=None, values={}, deleted=True) for key in keys)
         self._scan(gone, differ, run, connector=connector, check_columns=False)
         run.finish()
-
-    def _hard_delete(self, keys: Sequence[str], counts: dict[str, int]) -> None:
-        """``delete``: DELETE each gone key's contact (paced by the client), then forget the
-        key; an address another live key holds is not deleted, only the gone key forgotten."""
-        for chunk in deletions.chunks(keys):
-            self.check_stop()
-            stored = self.store.get_contacts(self.name, chunk)
-            holders = self.store.get_holders(self.name, [s.email for s in stored.values()])
-            for key in chunk:
-                email = stored[key].email
-                if all(k == key for k in holders.get(email, ())):
-                    self.client.delete_contact(email)
-                    counts["contacts_deleted"] = counts.get("contacts_deleted", 0) + 1
-            self.store.advance(self.name, None, forget=chunk)
-            log.info("deletions.applied", policy="delete", keys=len(chunk))
 
     def _check_columns(self, record: SourceRecord) -> None:
         mapping = self.pipeline.mapping

@@ -227,6 +227,14 @@ class MailtrapClient:
                                     str(item["data_type"]))
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
+    def delete_contact(self, identifier: str) -> bool:
+        """Delete a contact (by id or email); False when Mailtrap does not know it."""
+        try:
+            self._request("DELETE", f"/contacts/{quote(identifier, safe='')}", group="contacts")
+        except MailtrapNotFound:
+            return False
+        return True
+
     # imports --------------------------------------------------------------------------------
     def create_import(self, contacts: Sequence[Mapping[str, Any]]) -> ImportResult:
         """POST one bulk import (≤ 50,000 contacts); 422 raises MailtrapValidationError."""
@@ -283,14 +291,6 @@ class MailtrapClient:
     def update_contact(self, identifier: str, contact: Mapping[str, Any]) -> None:
         self._request("PATCH", f"/contacts/{quote(identifier, safe='')}",
                       json={"contact": dict(contact)}, group="contacts")
-
-    def delete_contact(self, identifier: str) -> bool:
-        """Delete a contact (by id or email); False when Mailtrap does not know it."""
-        try:
-            self._request("DELETE", f"/contacts/{quote(identifier, safe='')}", group="contacts")
-        except MailtrapNotFound:
-            return False
-        return True
 
     # plumbing ---------------------------------------------------------------------------------
     def _url(self, path: str, *, scoped: bool = True) -> str:

@@ -213,6 +213,17 @@ class LeaseLost(StateError):
     """The run no longer holds its pipeline's lease (fenced): it may neither post nor commit."""
 
 
+# --- consent branch ---------------------------------------------------------------------------
+
+
+class ExportFormatError(MailtrapError, FatalError):
+    """A Mailtrap contacts export file cannot be read (no header, no email column, bad bytes)."""
+
+
+class EventRejected(RecordError):
+    """An events source row that cannot become a Mailtrap custom event; ``reason`` says why."""
+
+
 # --- audience (issue 12) ---
 
 

@@ -47,7 +47,7 @@ from typing import Any
 
 import structlog
 
-from sync_service import deletions
+from sync_service import consent, deletions, events, reconcile
 from sync_service.connector import Connector, in_order, load_connector
 from sync_service.delivery import BatchBuilder, Courier, Sink, count_change
 from sync_service.diff import Change, Differ, Mapped, OnRecord, Pending, View
@@ -144,6 +144,7 @@ class SyncJob:
         self.lease_ttl = lease_ttl if lease_ttl is not None else settings.lease_ttl
         self._keeper = LeaseKeeper(store, self.name, self.owner, self.lease_ttl)
         self._connector: Connector | None = None
+        self._screen: Callable[[Change], Change] = consent.unchanged  # set per chunk by _scan
 
     # entry points ------------------------------------------------------------------------
     def run(self, kind: RunKind = RunKind.SYNC, *, resend: bool = False,
@@ -158,13 +159,19 @@ class SyncJob:
             differ = Differ(self.build_mapper(create_lists=True), resend=resend)
             since = None if kind is RunKind.BACKFILL else self.store.get_watermark(self.name)
             with self.open_connector() as connector:
+                reconcile.resend_drifted(self, connector, differ, run)  # consent branch
                 self._scan(in_order(connector.read(since), connector), differ, run,
                            connector=connector)
                 run.finish()
                 self._recheck_duplicates(connector, differ, run)
                 scan = (kind is RunKind.BACKFILL or allow_mass_delete
                         or deletions.scan_due(self.store, self.pipeline))
-                self._deletions(connector, differ, run, scan=scan, allow=allow_mass_delete)
+                held = self._deletions(connector, differ, run, scan=scan,
+                                       allow=allow_mass_delete)
+            consent.apply(self, run.courier.counts)  # consent branch: opt-outs, then events
+            events.drain(self, run.courier.counts)
+            if held is not None:  # the brake: raised once every other step is done
+                raise MassDeleteHeld(held)
 
         return self._execute(kind, body)
 
@@ -195,6 +202,7 @@ class SyncJob:
         report.deletions = len(found.gone)
         report.brake_would_hold = (self.pipeline.on_delete != "ignore" and deletions.brake(
             self.pipeline, len(found.gone), found.tracked) is not None)
+        events.plan(self, report, state, sample)  # consent branch
         return report
 
     # the run's frame ---------------------------------------------------------------------
@@ -352,6 +360,8 @@ class SyncJob:
                 self._check_columns(chunk[0])
                 checked = True
             mapped = differ.map(chunk)
+            # The pipeline's consent rules for this chunk (consent.py), applied to each change.
+            self._screen = consent.screener(self, mapped, state=state)
             start, verified = 0, -1
             while start < len(mapped):
                 start, verified = self._decide(mapped, (start, verified), differ, sink, state)
@@ -374,12 +384,12 @@ class SyncJob:
             if index != verified and self._repeated(item, view, sink):
                 verdict = self._source_rows(item, differ, sink)
                 if verdict is not None:
-                    sink.accept([verdict])
+                    sink.accept([self._screen(verdict)])
                     continue
                 if key in sink.pending.keys:
                     sink.flush()  # the earlier row goes out first; look the state up again
                     return index, index
-            sink.accept([differ.decide(item, view, sink.pending)])
+            sink.accept([self._screen(differ.decide(item, view, sink.pending))])
             if sink.flushes != flushes:
                 return index + 1, -1
         return len(mapped), -1
@@ -458,9 +468,10 @@ class SyncJob:
 
     # hard deletes ---------------------------------------------------------------------------
     def _deletions(self, connector: Connector, differ: Differ, run: BatchBuilder, *,
-                   scan: bool, allow: bool) -> None:
+                   scan: bool, allow: bool) -> str | None:
         """Find the tracked keys gone from the source and apply ``on_delete`` to them, unless
-        the mass-delete brake holds them (``MassDeleteHeld``)."""
+        the mass-delete brake holds them: then none is applied and the brake's message is
+        returned (the run raises ``MassDeleteHeld`` once its other steps are done)."""
         counts = run.courier.counts
         found = deletions.find(self.store, self.name, connector, scan=scan,
                                seen_deleted=getattr(connector, "deleted_keys", ()))
@@ -474,7 +485,7 @@ class SyncJob:
             if held is not None and not allow:
                 counts["deletions_held"] = len(found.gone)
                 log.warning("deletions.held", count=len(found.gone), tracked=found.tracked)
-                raise MassDeleteHeld(held)
+                return held
             if policy == "delete":
                 deletions.hard_delete(self.store, self.client, self.name, found.gone, counts,
                                       check_stop=self.check_stop)
@@ -482,6 +493,7 @@ class SyncJob:
                 self._unlist_gone(found.gone, connector, differ, run)
         if found.scanned:
             counts["key_scans"] = 1
+        return None
 
     def _unlist_gone(self, keys: Sequence[str], connector: Connector, differ: Differ,
                      run: BatchBuilder) -> None:

@@ -106,6 +106,7 @@ class Metrics:
         self._define_run_families()
         self._define_api_families()
         self._define_state_families()
+        self._define_consent_families()
         self._lag = _WatermarkLag(clock)
         self.registry.register(self._lag)
 
@@ -207,6 +208,17 @@ class Metrics:
     def set_rejected(self, pipeline: str, n: int) -> None:
         """Set how many rejected contacts are on record for the pipeline."""
         self._rejected.labels(pipeline).set(n)
+
+    # consent branch: the events backlog (queued events not yet sent, including those waiting)
+    def _define_consent_families(self) -> None:
+        self._events_backlog = Gauge(
+            f"{PREFIX}_events_backlog",
+            "Custom events read from the events source and not yet sent to Mailtrap.",
+            ["pipeline"], registry=self.registry)
+
+    def set_events_backlog(self, pipeline: str, n: int) -> None:
+        """Set how many custom events of the pipeline are queued and not yet sent."""
+        self._events_backlog.labels(pipeline).set(n)
 
     def render(self) -> bytes:
         """The Prometheus text exposition (format 0.0.4) of every family."""

@@ -130,6 +130,7 @@ class RunKind(StrEnum):
     SYNC = "sync"
     BACKFILL = "backfill"
     RETRY = "retry"
+    RECONCILE = "reconcile"  # consent branch: drift reconcile (reconcile.py)
 
 
 class RunOutcome(StrEnum):

@@ -41,6 +41,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from sync_service import reconcile_schedule
 from sync_service.crontab import crontab_trigger
 from sync_service.errors import ConfigError, PipelineBusy, SyncError
 from sync_service.housekeeping import PRUNE_EVERY_S, prune
@@ -74,6 +75,9 @@ class MetricsObserver:
     def import_done(self, pipeline: str, result: ImportResult) -> None:
         self.metrics.import_finished(pipeline, result.status,
                                      result.contacts_over_limit_count or 0)
+
+    def events_backlog(self, pipeline: str, count: int) -> None:  # consent branch
+        self.metrics.set_events_backlog(pipeline, count)
 
     def request_done(self, group: str, status: int) -> None:
         self.metrics.request_done(group, status)
@@ -260,6 +264,7 @@ class Daemon:
                               args=[pipeline, store, client], id=pipeline.name,
                               name=pipeline.name, next_run_time=datetime.now(UTC),
                               max_instances=1, coalesce=True, misfire_grace_time=grace)
+            reconcile_schedule.schedule(self, scheduler, pipeline, store, client)
         # Its own thread: a long prune must not delay the SQLite claim's renewal.
         scheduler.add_job(self._prune, IntervalTrigger(seconds=PRUNE_EVERY_S, timezone=UTC),
                           args=[store], id="__retention__", executor="retention",

@@ -41,9 +41,12 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from sync_service.config_values import describe_errors as _describe
+from sync_service.config_values import expand_env as expand_env  # noqa: PLC0414 - old home
 from sync_service.connector import ConnectorSettings, load_connector
 from sync_service.errors import ConfigError
 from sync_service.logging import SECRET_VARIABLE, register_secret, register_url
+from sync_service.settings_audience import ConsentSettings, EventsSettings, Interval
 from sync_service.units import Duration, Rate
 from sync_service.units import parse_duration as parse_duration  # noqa: PLC0414 - old home
 from sync_service.units import parse_rate as parse_rate  # noqa: PLC0414 - old home
@@ -57,7 +60,6 @@ _ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "MAILTRAP_SYNC_STATE_URL": ("state", "url"),
     "MAILTRAP_SYNC_WEB_LISTEN": ("web", "listen"),
 }
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # Visible ASCII: what an HTTP header value (RFC 9110 field-vchar) may carry in a Bearer token.
 _HEADER_SAFE = re.compile(r"[\x21-\x7e]+", re.ASCII)
 _PIPELINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -68,18 +70,6 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def expand_env(value: str, where: str) -> str:
-    """Replace ``${VAR}`` with the environment's value; an unset variable names ``where``."""
-
-    def _sub(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in os.environ:
-            raise ValueError(f"environment variable {name} is not set (referenced in {where})")
-        if SECRET_VARIABLE.search(name):
-            register_secret(os.environ[name])
-        return os.environ[name]
-
-    return _VAR.sub(_sub, value)
 
 
 class StateSettings(_Section):
@@ -256,6 +246,9 @@ class PipelineSettings(_Section):
                                          description="the brake's largest count, when set")
     schedule: str | None = Field(None, description="cron expression for `run`")
     every: Duration | None = Field(None, description="interval for `run`, e.g. 10m")
+    consent: ConsentSettings | None = None  # consent branch: opt-outs (settings_audience)
+    events: EventsSettings | None = None  # consent branch: custom events (settings_audience)
+    reconcile_every: Interval | None = Field(None, description="daemon: reconcile, e.g. 1d")
 
     @field_validator("every")
     @classmethod
@@ -446,18 +439,3 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> AppSettings:
         _config_file.reset(token)
 
 
-def _describe(exc: ValidationError, *, raw: dict[str, Any] | None = None, prefix: str = "") -> str:
-    """One line per problem: ``pipelines[0] (customers): source.table: Field required``."""
-    lines = []
-    for error in exc.errors():
-        loc = [str(p) for p in error["loc"]]
-        where = ".".join(([prefix] if prefix else []) + loc)
-        if raw is not None and len(loc) >= 2 and loc[0] == "pipelines" and loc[1].isdigit():
-            index = int(loc[1])
-            pipelines = raw.get("pipelines") or []
-            name = pipelines[index].get("name", "?") if index < len(pipelines) else "?"
-            rest = ".".join(loc[2:])
-            where = f"pipelines[{index}] ({name})" + (f": {rest}" if rest else "")
-        message = str(error["msg"]).removeprefix("Value error, ")
-        lines.append(f"{where}: {message}" if where else message)
-    return "; ".join(lines)

@@ -214,6 +214,17 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("pipeline")
+@json_option
+@click.pass_context
+def reconcile(ctx: click.Context, pipeline: str, as_json: bool) -> None:
+    """Compare Mailtrap with the state store; the next sync repairs what drifted."""
+    from sync_service.reconcile import reconcile as run_reconcile  # noqa: PLC0415 - on demand
+
+    sys.exit(_run_jobs(ctx, [pipeline], run_reconcile, as_json=as_json))
+
+
+@cli.command()
+@click.argument("pipeline")
 @click.option("--limit", default=100, show_default=True)
 @json_option
 @click.pass_context

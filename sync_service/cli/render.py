@@ -113,8 +113,14 @@ def run_summary(result: RunResult, mailtrap: Mapping[str, int] | None = None) ->
         "mailtrap": dict(mailtrap) if mailtrap is not None else None,
         "rejected_by_mailtrap": counts.get("rejected", 0),
         "over_limit": counts.get("over_limit", 0),
+        # Everything else the run counted: opt-outs and events sent, a reconcile's findings.
+        "other": {k: v for k, v in sorted(counts.items())
+                  if k not in CHANGE_COUNTS and k not in _MAILTRAP_COUNTS},
         "error": redact(result.error) if result.error else None,
     }
+
+
+_MAILTRAP_COUNTS = frozenset({"imports", "imports_failed", "sent", "rejected", "over_limit"})
 
 
 def run_line(result: RunResult, mailtrap: Mapping[str, int] | None = None) -> str:
@@ -132,6 +138,8 @@ def run_line(result: RunResult, mailtrap: Mapping[str, int] | None = None) -> st
                  f" rejected={summary['rejected_by_mailtrap']}")
         if summary["over_limit"]:
             text += f" over_limit={summary['over_limit']}"
+    if summary["other"]:
+        text += "; " + " ".join(f"{k}={v}" for k, v in summary["other"].items())
     return printable(text + (f"; error: {summary['error']}" if summary["error"] else ""))
 
 
@@ -180,6 +188,15 @@ def print_status(rows: Sequence[dict[str, Any]]) -> None:
                       row["contacts_tracked"], row["rejected"], batch_text))
     table("mailtrap-sync status",
           ("pipeline", "last run", "watermark", "tracked", "rejected", "last import"), cells)
+    print_audience(rows)
+
+
+def print_audience(rows: Sequence[dict[str, Any]]) -> None:
+    """Opt-out and event counters of each pipeline that has any, one line each."""
+    for row in rows:
+        counts = {k: v for k, v in (row.get("audience") or {}).items() if v}
+        if counts:
+            line(f"{row['pipeline']}: " + " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
 
 
 def print_size(size: Mapping[str, int]) -> None:

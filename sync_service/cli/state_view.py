@@ -67,6 +67,7 @@ def status_rows(store: StateStore, configured: Sequence[str]) -> list[dict[str, 
                                                      "key": str(mark.key)},
             "contacts_tracked": store.count_contacts(name),
             "rejected": store.count_rejections(name),
+            "audience": store.audience_counts(name),  # opt-outs and events (consent.py, events.py)
             "last_import": None if batch is None else {
                 "batch_id": batch.id, "import_id": batch.import_id, "status": str(batch.status),
                 "size": batch.size, "created": batch.created_count,

@@ -32,13 +32,13 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 import httpx
 import structlog
 
-from sync_service import httpkit
+from sync_service import __version__, httpkit
 from sync_service.errors import (
     ConfigError,
     FatalError,
@@ -50,6 +50,7 @@ from sync_service.errors import (
 )
 from sync_service.errors import MailtrapCancelled as MailtrapCancelled  # noqa: PLC0414 - old home
 from sync_service.mailtrap.answers import as_object, import_result, items, raise_for
+from sync_service.mailtrap.exports import ContactExport, export_result
 from sync_service.models import ImportResult
 from sync_service.pacing import Pacer
 
@@ -123,6 +124,7 @@ class MailtrapClient:
         sleep: Callable[[float], object] = time.sleep,
         unreachable_timeout: float = 60.0,
         connect_timeout: float = 10.0,
+        download_transport: httpx.BaseTransport | None = None,
     ) -> None:
         self._api = httpkit.JsonClient(
             policy=MailtrapPolicy(), base_url=base_url, transport=transport, timeout=timeout,
@@ -132,9 +134,15 @@ class MailtrapClient:
             connect_timeout=connect_timeout,
         )
         self._account_id = account_id
+        self._timeout = timeout
+        # Export files are fetched without the API token (the URL is pre-signed elsewhere).
+        self._download_transport = download_transport
+        self._downloads: httpx.Client | None = None
 
     def close(self) -> None:
         self._api.close()
+        if self._downloads is not None:
+            self._downloads.close()
 
     def __enter__(self) -> MailtrapClient:
         return self
@@ -291,6 +299,105 @@ class MailtrapClient:
     def update_contact(self, identifier: str, contact: Mapping[str, Any]) -> None:
         self._request("PATCH", f"/contacts/{quote(identifier, safe='')}",
                       json={"contact": dict(contact)}, group="contacts")
+
+    # --- consent branch: unsubscribe, contact events, exports ---------------------------------
+    def unsubscribe_contact(self, email: str) -> None:
+        """PATCH the contact unsubscribed (idempotent; the spec wants the email in the body).
+
+        Nothing here ever sends ``unsubscribed: false``.
+        """
+        self._request("PATCH", f"/contacts/{quote(email, safe='')}",
+                      json={"contact": {"email": email, "unsubscribed": True}}, group="contacts")
+
+    def create_contact_event(
+        self, identifier: str, name: str, params: Mapping[str, Any], *,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
+        """POST one custom event, retried like every request.
+
+        The endpoint has no idempotency key: when an attempt gets no answer (a cut connection, a
+        timeout) the event may have arrived, and ``on_lost`` is called before it is sent again.
+        A 5xx or 429 is an answer: Mailtrap did not take the event. 404: no such contact.
+        """
+        url, account = self._url(f"/contacts/{quote(identifier, safe='')}/events"), self.account_id
+        body = {"name": name, "params": dict(params)}
+        for attempt in self._api.retrying():
+            with attempt:
+                try:
+                    self._send("POST", url, group="events", json=body, account=account)
+                except MailtrapRetriable as exc:
+                    # No answer at all, though a connection was made: the event may have arrived.
+                    lost = exc.status is None and not isinstance(exc, MailtrapUnreachable)
+                    if lost and on_lost is not None:
+                        on_lost()
+                    raise
+                return
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    def create_export(self, *, list_ids: Sequence[int] = (),
+                      subscription_status: str | None = None) -> ContactExport:
+        """POST a contacts export, filtered by lists and/or subscription status."""
+        filters: list[dict[str, Any]] = []
+        if list_ids:
+            filters.append({"name": "list_id", "operator": "equal", "value": list(list_ids)})
+        if subscription_status is not None:
+            filters.append({"name": "subscription_status", "operator": "equal",
+                            "value": subscription_status})
+        data = self._request("POST", "/contacts/exports", json={"filters": filters},
+                             group="exports")
+        return export_result(data)
+
+    def get_export(self, export_id: int) -> ContactExport:
+        return export_result(self._request("GET", f"/contacts/exports/{export_id}",
+                                           group="exports"))
+
+    def wait_for_export(self, export_id: int, *, interval: float = 2.0,
+                        max_interval: float = 30.0, timeout: float = 3600.0
+                        ) -> ContactExport | None:
+        """Poll until finished (with a URL); None if a stop was requested meanwhile."""
+        stop = httpkit.current_stop() or (lambda: False)
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.get_export(export_id)
+            if result.status == "finished" and result.url:
+                return result
+            if time.monotonic() + interval > deadline:
+                raise MailtrapRetriable(f"export {export_id} still {result.status} after "
+                                        f"{timeout:.0f}s")
+            if not self._api.pause(interval, stop):
+                return None
+            interval = min(interval * 1.5, max_interval)
+
+    def download(self, url: str, sink: BinaryIO, *, chunk_size: int = 65_536) -> int:
+        """Stream a file (an export) into ``sink``; returns the bytes written. No API token."""
+        for attempt in self._api.retrying():
+            with attempt:
+                sink.seek(0)
+                sink.truncate()
+                return self._download_once(url, sink, chunk_size)
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    def _download_once(self, url: str, sink: BinaryIO, chunk_size: int) -> int:
+        written = 0
+        if self._downloads is None:
+            self._downloads = httpx.Client(
+                transport=self._download_transport, timeout=self._timeout,
+                headers={"User-Agent": f"mailtrap-sync/{__version__}"}, follow_redirects=True)
+        try:
+            with self._downloads.stream("GET", url) as response:
+                if response.status_code >= 500 or response.status_code in (408, 429):
+                    raise MailtrapRetriable(f"GET {url} → {response.status_code}",
+                                            status=response.status_code)
+                if response.status_code != 200:
+                    raise MailtrapUnexpectedAnswer(
+                        f"GET {url} → {response.status_code}: cannot download the export",
+                        status=response.status_code)
+                for chunk in response.iter_bytes(chunk_size):
+                    sink.write(chunk)
+                    written += len(chunk)
+        except httpx.TransportError as exc:
+            raise MailtrapRetriable(f"GET {url}: {type(exc).__name__}: {exc}") from exc
+        return written
 
     # plumbing ---------------------------------------------------------------------------------
     def _url(self, path: str, *, scoped: bool = True) -> str:

@@ -56,7 +56,7 @@ from sync_service.models import (
     RunOutcome,
     StoredContact,
 )
-from sync_service.state import batches, codec, leases, schema, sql, tables, upserts
+from sync_service.state import batches, codec, consent, leases, schema, sql, tables, upserts
 from sync_service.state.engine import DEFAULT_URL, create_state_engine, transaction
 from sync_service.state.records import (
     BatchRecord,
@@ -506,6 +506,92 @@ class StateStore:
         with self._read(what) as conn:
             return [batch_from_row(row) for row in conn.execute(query).mappings()]
 
+    # --- consent branch: opt-outs, custom events, reconcile (see state/consent.py) ---------
+
+    def record_optouts(self, pipeline: str, found: Mapping[str, str], *,
+                       origin: str = consent.SOURCE) -> int:
+        """Record opted-out keys (key → email): pending from the source, done from Mailtrap."""
+        if not found:
+            return 0
+        with self._write("record_optouts") as conn:
+            return consent.record_optouts(conn, pipeline, found, origin, sql.now(conn))
+
+    def pending_optouts(self, pipeline: str, after: str | None = None,
+                        limit: int = 500) -> list[tuple[str, str]]:
+        """Pending opt-outs (key, email) whose contact Mailtrap confirmed, in key order."""
+        with self._read("pending_optouts") as conn:
+            return consent.pending_optouts(conn, pipeline, after, limit)
+
+    def optout_done(self, pipeline: str, key: str, email: str) -> None:
+        """Mailtrap answered the unsubscribe: the opt-out is done."""
+        with self._write("optout_done") as conn:
+            consent.optout_done(conn, pipeline, key, email, sql.now(conn))
+
+    def optout_refused(self, pipeline: str, key: str, reason: str) -> None:
+        with self._write("optout_refused") as conn:
+            consent.optout_refused(conn, pipeline, key, reason)
+
+    def unsubscribed_keys(self, pipeline: str, keys: Sequence[str]) -> set[str]:
+        with self._read("unsubscribed_keys") as conn:
+            return consent.unsubscribed_keys(conn, pipeline, keys)
+
+    def events_mark(self, pipeline: str) -> Position | None:
+        with self._read("events_mark") as conn:
+            return consent.events_mark(conn, pipeline)
+
+    def queue_events(self, pipeline: str, events: Sequence[consent.QueuedEvent],
+                     mark: Position | None) -> int:
+        """Queue unseen events and move the events watermark, in one transaction."""
+        with self._write("queue_events") as conn:
+            return consent.queue_events(conn, pipeline, events, mark, sql.now(conn))
+
+    def requeue_lost_events(self, pipeline: str) -> int:
+        with self._write("requeue_lost_events") as conn:
+            return consent.requeue_lost(conn, pipeline)
+
+    def ready_events(self, pipeline: str, limit: int,
+                     after_seq: int = 0) -> list[consent.QueuedEvent]:
+        with self._read("ready_events") as conn:
+            return consent.ready_events(conn, pipeline, limit, after_seq)
+
+    def set_event(self, pipeline: str, key: str, status: str, reason: str | None = None) -> None:
+        with self._write("set_event") as conn:
+            consent.set_event(conn, pipeline, key, status, sql.now(conn), reason=reason)
+
+    def event_lost(self, pipeline: str, key: str) -> None:
+        with self._write("event_lost") as conn:
+            consent.event_lost(conn, pipeline, key)
+
+    def mark_drifted(self, pipeline: str, keys: Sequence[str]) -> int:
+        with self._write("mark_drifted") as conn:
+            return consent.mark_drifted(conn, pipeline, keys)
+
+    def forget_drift(self, pipeline: str, keys: Sequence[str]) -> None:
+        with self._write("forget_drift") as conn:
+            consent.forget_drift(conn, pipeline, keys)
+
+    def drifted_keys(self, pipeline: str, after: str | None = None,
+                     limit: int = 2_000) -> list[str]:
+        with self._read("drifted_keys") as conn:
+            return consent.drifted_keys(conn, pipeline, after, limit)
+
+    def contacts_page(self, pipeline: str, after: str | None = None,
+                      limit: int = 2_000) -> list[tuple[str, str, str]]:
+        with self._read("contacts_page") as conn:
+            return consent.contacts_page(conn, pipeline, after, limit)
+
+    def reconciled_at(self, pipeline: str) -> datetime | None:
+        with self._read("reconciled_at") as conn:
+            return consent.reconciled_at(conn, pipeline)
+
+    def set_reconciled(self, pipeline: str) -> None:
+        with self._write("set_reconciled") as conn:
+            consent.set_reconciled(conn, pipeline, sql.now(conn))
+
+    def audience_counts(self, pipeline: str) -> dict[str, int]:
+        """Opt-out and event counters for ``status`` and ``/metrics``."""
+        with self._read("audience_counts") as conn:
+            return {**consent.optout_counts(conn, pipeline), **consent.event_counts(conn, pipeline)}
 
 
 def _forget(conn: Connection, pipeline: str, keys: Sequence[str]) -> None:

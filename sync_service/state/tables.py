@@ -215,3 +215,55 @@ leases = sa.Table(
     # The fencing token: grows each time the lease changes hands (see state/leases.py).
     sa.Column("generation", sa.BigInteger, nullable=False, server_default="0"),
 )
+
+# --- consent branch: opt-outs, custom events and reconcile (migration 0006) -------------------
+
+# One row per source key that opted out (origin "source") or that Mailtrap reports unsubscribed
+# (origin "mailtrap", found by a reconcile). ``status``: pending until Mailtrap answered the
+# PATCH, then done; a Mailtrap-origin row is done from the start (nothing to send).
+consent_optouts = sa.Table(
+    "consent_optouts",
+    metadata,
+    sa.Column("pipeline", sa.String(PIPELINE_LENGTH), primary_key=True),
+    sa.Column("source_key", SafeText, primary_key=True),
+    sa.Column("email", SafeText, nullable=False),
+    sa.Column("origin", sa.String(ENUM_LENGTH), nullable=False),
+    sa.Column("status", sa.String(ENUM_LENGTH), nullable=False),
+    sa.Column("reason", SafeText, nullable=True),  # the last refusal of a pending PATCH
+    sa.Column("recorded_at", UtcDateTime, nullable=False),
+    sa.Column("done_at", UtcDateTime, nullable=True),
+    sa.Index(None, "pipeline", "status"),
+)
+
+# The custom events read from a pipeline's events source, by source key (deduplication across
+# restarts). ``status``: queued → sending (written before the POST) → sent; rejected (422).
+# ``lost`` counts answers that never came back (the event may have arrived; it was sent again).
+consent_events = sa.Table(
+    "consent_events",
+    metadata,
+    sa.Column("pipeline", sa.String(PIPELINE_LENGTH), primary_key=True),
+    sa.Column("source_key", SafeText, primary_key=True),
+    sa.Column("seq", sa.BigInteger, nullable=False),  # arrival order
+    sa.Column("email", SafeText, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("params", sa.Text, nullable=False),  # JSON object
+    sa.Column("status", sa.String(ENUM_LENGTH), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("lost", sa.Integer, nullable=False),
+    sa.Column("reason", SafeText, nullable=True),
+    sa.Column("queued_at", UtcDateTime, nullable=False),
+    sa.Column("sent_at", UtcDateTime, nullable=True),
+    sa.Index(None, "pipeline", "status", "seq"),
+)
+
+# Per pipeline: the events source's watermark (tagged JSON, like ``watermarks``) and when the
+# last reconcile finished.
+consent_marks = sa.Table(
+    "consent_marks",
+    metadata,
+    sa.Column("pipeline", sa.String(PIPELINE_LENGTH), primary_key=True),
+    sa.Column("events_cursor", sa.Text, nullable=True),
+    sa.Column("events_key", sa.Text, nullable=True),
+    sa.Column("reconciled_at", UtcDateTime, nullable=True),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)

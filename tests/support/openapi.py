@@ -37,6 +37,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl
 
 import httpx
+import yaml
 from openapi_core import OpenAPI
 from openapi_core.datatypes import RequestParameters
 from openapi_core.exceptions import OpenAPIError
@@ -87,9 +88,26 @@ def load_specs() -> Specs:
     """Both specs, built once per process."""
     folder = spec_dir()
     return Specs(
-        contacts=OpenAPI.from_file_path(str(folder / CONTACTS_SPEC)),
+        contacts=_contacts_spec(folder / CONTACTS_SPEC),
         accounts=OpenAPI.from_file_path(str(folder / ACCOUNTS_SPEC)),
     )
+
+
+# Mailtrap's contacts spec maps the export filters' discriminator to "ListIdFilter" and
+# "#/SubscriptionStatusFilter", which resolve nowhere (the schemas sit under
+# ContactExportRequest), so no export request could validate. The mapping is corrected in memory
+# to point at those schemas; the file stays as Mailtrap published it.
+_EXPORT_FILTERS = "#/components/schemas/ContactExportRequest/"
+
+
+def _contacts_spec(path: Path) -> OpenAPI:
+    with path.open(encoding="utf-8") as handle:
+        spec: dict[str, Any] = yaml.safe_load(handle)
+    export = spec.get("components", {}).get("schemas", {}).get("ContactExportRequest", {})
+    mapping = export.get("Filter", {}).get("discriminator", {}).get("mapping", {})
+    for name, target in list(mapping.items()):
+        mapping[name] = _EXPORT_FILTERS + str(target).rsplit("/", 1)[-1]
+    return OpenAPI.from_dict(spec, base_uri=path.as_uri())
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,15 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sync_service.testing.mailtrap import contacts
+from sync_service.testing.mailtrap import state as audience
 from sync_service.testing.mailtrap.limits import DropError, Fault, Faults
-from sync_service.testing.mailtrap.model import Account, ApiError, Json, LoggedRequest
+from sync_service.testing.mailtrap.model import (
+    Account,
+    ApiError,
+    AudienceState,
+    Json,
+    LoggedRequest,
+)
 from sync_service.testing.mailtrap.state import DoubleState
 from sync_service.testing.mailtrap.transport import ConnectionDropped
 
@@ -62,6 +69,10 @@ class Backend(Protocol):
 
     @property
     def clock(self) -> Callable[[], float]: ...
+
+    @property
+    def audience(self) -> AudienceState:
+        """Custom events and contact exports (the consent work's endpoints)."""
 
     @property
     def faults(self) -> Faults:
@@ -105,6 +116,7 @@ def build_app(double: Backend) -> ASGIApp:
         Route(f"{_ACCOUNT}/fields/{{field_id:int}}", api.one_field, methods=_ONE),
         Route(f"{_ACCOUNT}/imports", api.imports, methods=["POST"]),
         Route(f"{_ACCOUNT}/imports/{{import_id:int}}", api.one_import, methods=["GET"]),
+        *_audience_routes(api),  # consent branch: events, exports, export files
         Route(_ACCOUNT, api.contacts, methods=["POST"]),
         Route(f"{_ACCOUNT}/{{identifier:path}}", api.one_contact, methods=_ONE),
     ]
@@ -262,6 +274,51 @@ class _Api:
             return 204, None
 
         return await self._run(request, operation)
+
+
+# --- consent branch: custom events, contact exports and their files (double_state) ----------
+
+def _audience_routes(api: _Api) -> list[Route]:
+    async def events(request: Request) -> Response:
+        def operation(c: _Call) -> tuple[int, Json]:
+            return 201, audience.create_event(api.d.audience, c.account, c.params["identifier"],
+                                              c.payload, api.d.clock())
+
+        return await api._run(request, operation)
+
+    async def exports(request: Request) -> Response:
+        base = str(request.base_url)
+
+        def operation(c: _Call) -> tuple[int, Json]:
+            job = audience.create_export(api.d.audience, c.account, c.payload, api.d.clock(),
+                                         api.s.next_id())
+            return 201, job.to_json(base)
+
+        return await api._run(request, operation)
+
+    async def one_export(request: Request) -> Response:
+        base = str(request.base_url)
+
+        def operation(c: _Call) -> tuple[int, Json]:
+            job = audience.poll_export(api.d.audience, c.account, c.params["export_id"],
+                                       api.d.clock())
+            return 200, job.to_json(base)
+
+        return await api._run(request, operation)
+
+    async def export_file(request: Request) -> Response:
+        with api.d.lock:
+            content = audience.export_content(api.d.audience, request.path_params["token"])
+        if content is None:
+            return Response("Not Found", status_code=404)
+        return Response(content, media_type="application/gzip")
+
+    return [
+        Route(f"{_ACCOUNT}/exports", exports, methods=["POST"]),
+        Route(f"{_ACCOUNT}/exports/{{export_id:int}}", one_export, methods=["GET"]),
+        Route(f"{_ACCOUNT}/{{identifier:path}}/events", events, methods=["POST"]),
+        Route("/downloads/exports/{token}.csv.gz", export_file, methods=["GET"]),
+    ]
 
 
 def _parse(body: bytes) -> Json:

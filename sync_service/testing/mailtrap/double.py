@@ -43,11 +43,13 @@ from sync_service.testing.mailtrap.limits import (
 )
 from sync_service.testing.mailtrap.model import (
     ApiError,
+    AudienceState,
     ContactView,
     FieldView,
     ImportView,
     Json,
     LoggedRequest,
+    ReceivedEvent,
     email_key,
 )
 from sync_service.testing.mailtrap.server import serve
@@ -100,6 +102,7 @@ class MailtrapDouble:
         self._windows = SlidingWindow()
         self._log: list[LoggedRequest] = []
         self._app: ASGIApp | None = None
+        self.audience = AudienceState()  # consent branch: events and exports
         if default_account:
             self.add_account(DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_NAME, token=DEFAULT_TOKEN)
 
@@ -275,6 +278,35 @@ class MailtrapDouble:
                 start += 1
             best = max(best, end - start + 1)
         return best
+
+    # consent branch: events, exports, and changes made "in Mailtrap's UI" behind the sync
+
+    def events(self, account_id: int = DEFAULT_ACCOUNT_ID) -> list[ReceivedEvent]:
+        """Custom events accepted so far, in arrival order."""
+        with self.lock:
+            return [e for e in self.audience.events if e.account_id == account_id]
+
+    def delete_contact(self, email: str, account_id: int = DEFAULT_ACCOUNT_ID) -> None:
+        """Delete a contact as a user of Mailtrap's UI would (KeyError if unknown)."""
+        with self.lock:
+            del self._state.account(account_id).contacts[email_key(email)]
+
+    def edit_contact(
+        self,
+        email: str,
+        *,
+        fields: Mapping[str, Json] | None = None,
+        remove_lists: Iterable[int] = (),
+        unsubscribed: bool | None = None,
+        account_id: int = DEFAULT_ACCOUNT_ID,
+    ) -> None:
+        """Change a contact as a user of Mailtrap's UI would: fields, lists, subscription."""
+        with self.lock:
+            account = self._state.account(account_id)
+            contact = account.contacts[email_key(email)]
+            contacts.merge(account, contact, dict(fields or {}), [], list(remove_lists))
+            if unsubscribed is not None:
+                contact.status = "unsubscribed" if unsubscribed else "subscribed"
 
     # the app's interface (``app.Backend``: the app calls these under or around the lock)
 

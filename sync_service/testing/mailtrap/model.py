@@ -9,6 +9,7 @@ so a snapshot never changes under a test's feet. Emails are keyed case-insensiti
 from __future__ import annotations
 
 import copy
+import secrets
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
@@ -231,3 +232,52 @@ def not_found() -> ApiError:
 def unprocessable(attribute: str, message: str) -> ApiError:
     """A 422 in the spec's ``UnprocessableEntity`` shape, for one attribute."""
     return ApiError(422, {"errors": {attribute: [message]}})
+
+
+# --- consent branch: custom events and contact exports (behaviour in double_state) ----------
+
+EXPORT_SECONDS = 5.0  # an export finishes on its second poll or after this long (double clock)
+
+
+@dataclass(frozen=True)
+class ReceivedEvent:
+    """One custom event the double accepted."""
+
+    account_id: int
+    email: str
+    name: str
+    params: dict[str, Json]
+    time: float
+
+
+@dataclass
+class ExportJob:
+    id: int
+    account_id: int
+    filters: list[dict[str, Json]]
+    created_at: float
+    stamp: str
+    status: str = "created"
+    polls: int = 0
+    token: str = field(default_factory=lambda: secrets.token_hex(12))
+    content: bytes | None = None
+
+    def to_json(self, base_url: str) -> dict[str, Json]:
+        # Mailtrap's example shows "url": null before the end, but the spec (OpenAPI 3.1, where
+        # "nullable" means nothing) only allows a string: the double leaves the key out.
+        body: dict[str, Json] = {"id": self.id, "status": self.status,
+                                 "created_at": self.stamp, "updated_at": self.stamp}
+        if self.status == "finished":
+            body["url"] = f"{base_url.rstrip('/')}/downloads/exports/{self.token}.csv.gz"
+        return body
+
+
+@dataclass
+class AudienceState:
+    """Events received and exports made, across accounts."""
+
+    events: list[ReceivedEvent] = field(default_factory=list)
+    exports: dict[int, ExportJob] = field(default_factory=dict)
+    export_seconds: float = EXPORT_SECONDS
+    # Exports are written as gzip unless a test asks for plain CSV (a format variation).
+    gzip_exports: bool = True

@@ -61,8 +61,10 @@ def find(state: StateReader, pipeline: str, connector: Connector, *, scan: bool,
     """The tracked keys gone from the source: by a key scan (``scan``) and from the keys a
     snapshot connector saw disappear (``seen_deleted``); each confirmed gone by ``fetch``."""
     found = Deletions(scanned=scan)
-    present = source_keys(connector) if scan else None
     candidates: set[str] = set(seen_deleted)
+    if not scan and not candidates:
+        return found  # nothing to look at: the state store is not read
+    present = source_keys(connector) if scan else None
     for chunk in state.live_keys(pipeline):
         found.tracked += len(chunk)
         if present is not None:

@@ -227,5 +227,5 @@ class EventRejected(RecordError):
 # --- audience (issue 12) ---
 
 
-class MassDeleteHeld(SyncError):
+class MassDeleteHeld(FatalError):
     """The mass-delete brake held a run's deletions; the rest of the run was done (exit 1)."""

@@ -10,9 +10,9 @@ Contract:
   result in ``deleted_keys``, logged as ``file.deletions_seen``. With a single ``path`` (a file
   replaced by each export) the keys of the last two exports read are kept in ``keys_file``
   (default: ``.<name>.keys`` beside it; if it cannot be written, deletions go unseen and a
-  warning says why), so that reading one export again reports the same deletions. **Until the
-  audience-model issue lands they are only counted and reported, not applied** (no contact
-  leaves a list because of them).
+  warning says why), so that reading one export again reports the same deletions. The job
+  applies them after the read, through the pipeline's ``on_delete`` and the mass-delete brake
+  (``sync_service.deletions``).
 - **Order.** ``cursor`` is ``"<snapshot>|<line>"``: the snapshot's modification time (ns) and
   name, then the record's physical line number (the last line of a multi-line CSV record), both
   zero-padded so that text order is file order. ``key`` is the key column's text. ``read(p)``
@@ -184,10 +184,9 @@ class FileConnector:
             return
         self.deleted_keys = before - keys
         if self.deleted_keys:
-            # Counted and reported only: applying them waits for the audience-model rules.
+            # The job applies them (on_delete, the mass-delete brake) once the read is done.
             log.warning("file.deletions_seen", path=str(snap.path), previous=where,
-                        count=len(self.deleted_keys), sample=sorted(self.deleted_keys)[:10],
-                        applied=False)
+                        count=len(self.deleted_keys), sample=sorted(self.deleted_keys)[:10])
 
     def _file_keys(self, snap: Snapshot) -> set[str]:
         found: set[str] = set()

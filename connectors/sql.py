@@ -168,6 +168,15 @@ class SqlConnector:
             stmt = shape.select().where(shape.key.in_(chunk)).order_by(shape.key)
             yield from self._run_page(stmt, shape, "fetching")
 
+    def keys(self) -> Iterator[str]:
+        """Every key the source holds now, as text: the cheap key listing of a key scan."""
+        shape = self._describe("listing the keys of")
+        stmt = sa.select(shape.key).select_from(shape.selectable).where(shape.key.is_not(None))
+        with self._connection("listing the keys of") as conn:
+            result = conn.execution_options(stream_results=True, yield_per=10_000).execute(stmt)
+            for key in result.scalars():
+                yield str(key)
+
     def close(self) -> None:
         """Dispose of the engine and its pooled connections."""
         self._engine.dispose()

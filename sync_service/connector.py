@@ -56,6 +56,18 @@ class Connector(Protocol):
         """Release connections."""
 
 
+@runtime_checkable
+class KeyListing(Protocol):
+    """Optional: a connector that can list its keys more cheaply than a full read."""
+
+    def keys(self) -> Iterator[str]:
+        """Every key the source holds now, as text (``SourceRecord.key_str``), in any order.
+
+        Used by the hard-delete key scan; a connector without it is read in full instead.
+        """
+        ...
+
+
 class ConnectorFactory(Protocol):
     settings_model: ClassVar[type[ConnectorSettings]]
 

@@ -195,11 +195,13 @@ class Differ:
         kind = ChangeKind.CREATE if fresh else ChangeKind.UPDATE
         if stored is not None and not fresh and stored.email != contact.email:
             kind = ChangeKind.EMAIL_CHANGE
-            if self.mapper.list_ids and not self._held(stored.email, key, view, pending):
+            if self.mapper.managed_ids and not self._held(stored.email, key, view, pending):
                 entries.append(self._unlist(key, stored.email, None))
         entries.append(ImportEntry(
             source_key=key, email=contact.email, kind=kind, fields=contact.fields,
             list_ids_included=contact.list_ids, hash=digest,
+            list_ids_excluded=tuple(i for i in self.mapper.managed_ids
+                                    if i not in contact.list_ids),
         ))
         return Change(record.position, key, kind, entries=tuple(entries))
 
@@ -239,5 +241,5 @@ class Differ:
     def _unlist(self, key: str, email: str, digest: str | None) -> ImportEntry:
         return ImportEntry(
             source_key=key, email=email, kind=ChangeKind.UNLIST,
-            list_ids_excluded=self.mapper.list_ids, hash=digest,
+            list_ids_excluded=self.mapper.managed_ids, hash=digest,
         )

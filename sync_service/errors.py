@@ -222,3 +222,10 @@ class ExportFormatError(MailtrapError, FatalError):
 
 class EventRejected(RecordError):
     """An events source row that cannot become a Mailtrap custom event; ``reason`` says why."""
+
+
+# --- audience (issue 12) ---
+
+
+class MassDeleteHeld(FatalError):
+    """The mass-delete brake held a run's deletions; the rest of the run was done (exit 1)."""

@@ -39,7 +39,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
@@ -47,14 +47,23 @@ from typing import Any
 
 import structlog
 
-from sync_service import consent, events, reconcile
+from sync_service import consent, deletions, events, reconcile
 from sync_service.connector import Connector, in_order, load_connector
 from sync_service.delivery import BatchBuilder, Courier, Sink, count_change
 from sync_service.diff import Change, Differ, Mapped, OnRecord, Pending, View
-from sync_service.errors import ConfigError, Interrupted, LeaseLost, Stopped, SyncError
+from sync_service.errors import (
+    ConfigError,
+    Interrupted,
+    LeaseLost,
+    MassDeleteHeld,
+    Stopped,
+    SyncError,
+)
+from sync_service.fields import create_fields, plan_fields
 from sync_service.lease import LeaseKeeper
 from sync_service.mailtrap.client import ContactList, MailtrapClient
 from sync_service.mapping import Mapper
+from sync_service.memberships import Memberships
 from sync_service.models import (
     ChangeKind,
     Rejection,
@@ -66,7 +75,7 @@ from sync_service.models import (
 )
 from sync_service.observers import RunObserver  # in __all__: its old home was this module
 from sync_service.preflight import check_mapped_columns
-from sync_service.settings import AppSettings, PipelineSettings
+from sync_service.settings import AppSettings, ListsByColumn, PipelineSettings
 from sync_service.state import StateReader, StateStore
 
 log = structlog.get_logger(__name__)
@@ -93,6 +102,9 @@ class PlanReport:
     samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     imports: int = 0
     lists_to_create: list[str] = field(default_factory=list)
+    fields_to_create: list[str] = field(default_factory=list)
+    deletions: int = 0  # tracked keys a key scan finds gone from the source now
+    brake_would_hold: bool = False
 
 
 def new_owner() -> str:
@@ -135,8 +147,13 @@ class SyncJob:
         self._screen: Callable[[Change], Change] = consent.unchanged  # set per chunk by _scan
 
     # entry points ------------------------------------------------------------------------
-    def run(self, kind: RunKind = RunKind.SYNC, *, resend: bool = False) -> RunResult:
-        """One incremental pass (SYNC) or a full re-read (BACKFILL); raises PipelineBusy."""
+    def run(self, kind: RunKind = RunKind.SYNC, *, resend: bool = False,
+            allow_mass_delete: bool = False) -> RunResult:
+        """One incremental pass (SYNC) or a full re-read (BACKFILL); raises PipelineBusy.
+
+        Deletions (a key scan when due, a snapshot's vanished keys) come last, after every
+        other change is confirmed; the mass-delete brake holds them unless
+        ``allow_mass_delete`` (the run then fails with ``MassDeleteHeld``: exit 1)."""
 
         def body(run: BatchBuilder) -> None:
             differ = Differ(self.build_mapper(create_lists=True), resend=resend)
@@ -147,8 +164,14 @@ class SyncJob:
                            connector=connector)
                 run.finish()
                 self._recheck_duplicates(connector, differ, run)
+                scan = (kind is RunKind.BACKFILL or allow_mass_delete
+                        or deletions.scan_due(self.store, self.pipeline))
+                held = self._deletions(connector, differ, run, scan=scan,
+                                       allow=allow_mass_delete)
             consent.apply(self, run.courier.counts)  # consent branch: opt-outs, then events
             events.drain(self, run.courier.counts)
+            if held is not None:  # the brake: raised once every other step is done
+                raise MassDeleteHeld(held)
 
         return self._execute(kind, body)
 
@@ -173,7 +196,12 @@ class SyncJob:
         with self.open_connector() as connector:
             records = connector.read(state.get_watermark(self.name))
             self._scan(records, Differ(mapper), sink, state=state, connector=connector)
+            found = deletions.find(state, self.name, connector, scan=True,
+                                   seen_deleted=getattr(connector, "deleted_keys", ()))
         report.imports = sink.imports()
+        report.deletions = len(found.gone)
+        report.brake_would_hold = (self.pipeline.on_delete != "ignore" and deletions.brake(
+            self.pipeline, len(found.gone), found.tracked) is not None)
         events.plan(self, report, state, sample)  # consent branch
         return report
 
@@ -256,61 +284,76 @@ class SyncJob:
             connector.close()
 
     def build_mapper(self, *, create_lists: bool, report: PlanReport | None = None) -> Mapper:
-        """The pipeline's mapper. Lists are created (``create_lists``) only once the fields and
-        the source have passed their checks, so a run failing on configuration creates none."""
-        field_types = {f.merge_tag: f.data_type for f in self.client.fields()}
+        """The pipeline's mapper. Missing declared fields and lists are created
+        (``create_lists``) only once the fields and the source have passed their checks, so a
+        run failing on configuration creates nothing."""
+        fields = plan_fields(self.pipeline, self.client.fields())
 
-        def mapper(list_ids: tuple[int, ...]) -> Mapper:
+        rules = self.pipeline.lists_by_column
+        dynamic: list[str | int] = list(rules.names) if rules is not None else []
+        wanted: list[str | int] = [*self.pipeline.lists, *dynamic]
+
+        def mapper(by_name: Mapping[str | int, int]) -> Mapper:
+            static = tuple(by_name[w] for w in self.pipeline.lists if w in by_name)
+            memberships = _memberships(rules, by_name) if rules is not None else None
             try:
                 return Mapper(email_column=self.pipeline.mapping.email,
-                              fields=self.pipeline.mapping.fields,
-                              field_types=field_types, list_ids=list_ids)
+                              fields=self.pipeline.mapping.columns,
+                              field_types=fields.types, list_ids=static,
+                              memberships=memberships,
+                              managed=memberships.ids if memberships is not None else ())
             except ConfigError as exc:
                 raise ConfigError(f"pipeline {self.name}: {exc}") from exc
 
-        mapper(())  # the fields, before any list is created
+        mapper({})  # the fields, before any field or list is created
         existing = self.client.lists()
         missing = PlanReport(self.name)
-        found = self._resolve_lists(existing, create=False, report=missing)
-        if not (create_lists and missing.lists_to_create):
+        found = self._resolve_lists(wanted, existing, create=False, report=missing)
+        if not (create_lists and (missing.lists_to_create or fields.to_create)):
             if report is not None:
                 report.lists_to_create.extend(missing.lists_to_create)
+                report.fields_to_create.extend(
+                    f"{f.merge_tag} ({f.data_type})" for f in fields.to_create)
             return mapper(found)
-        with self.open_connector():  # the source's checks, before any list is created
+        with self.open_connector():  # the source's checks, before anything is created
             pass
-        return mapper(self._resolve_lists(existing, create=True, report=report))
+        create_fields(self.client, self.pipeline, fields)
+        return mapper(self._resolve_lists(wanted, existing, create=True, report=report))
 
-    def _resolve_lists(self, existing: Sequence[ContactList], *, create: bool,
-                       report: PlanReport | None) -> tuple[int, ...]:
+    def _resolve_lists(self, wanted_lists: Sequence[str | int], existing: Sequence[ContactList],
+                       *, create: bool, report: PlanReport | None) -> dict[str | int, int]:
+        """Wanted list (name or id) → its id; a missing name is created (``create``) or named
+        in ``report``, and absent from the answer."""
         by_name = {item.name: item.id for item in existing}
         by_fold = {item.name.casefold(): item.id for item in existing}
-        ids: list[int] = []
-        for wanted in self.pipeline.lists:
+        ids: dict[str | int, int] = {}
+        for wanted in dict.fromkeys(wanted_lists):
             if isinstance(wanted, int):
                 if wanted not in by_name.values():
                     raise ConfigError(f"pipeline {self.name}: lists: no Mailtrap list has id "
                                       f"{wanted}")
-                ids.append(wanted)
+                ids[wanted] = wanted
             elif (found := by_name.get(wanted, by_fold.get(wanted.casefold()))) is not None:
-                ids.append(found)
+                ids[wanted] = found
             elif create:
                 created = self.client.create_list(wanted)
                 log.info("list.created", pipeline=self.name, list=wanted, list_id=created.id)
-                ids.append(created.id)
+                ids[wanted] = by_name[wanted] = by_fold[wanted.casefold()] = created.id
             elif report is not None:
                 report.lists_to_create.append(wanted)
-        return tuple(ids)
+        return ids
 
     # reading and deciding -----------------------------------------------------------------
     def _scan(
         self, records: Iterable[SourceRecord], differ: Differ, sink: Sink, *,
         state: StateReader | None = None, connector: Connector | None = None,
+        check_columns: bool = True,
     ) -> None:
         """Read, decide and hand changes to ``sink``; ``connector`` is asked for the current
         rows of keys whose ownership or uniqueness is in doubt."""
         state = state or self.store
         self._connector = connector
-        checked = False
+        checked = not check_columns
         for chunk in chunked(records, READ_CHUNK):
             self.check_stop()
             if not checked:
@@ -423,9 +466,48 @@ class SyncJob:
         self._scan(connector.fetch(released), differ, run, connector=connector)
         run.finish()
 
+    # hard deletes ---------------------------------------------------------------------------
+    def _deletions(self, connector: Connector, differ: Differ, run: BatchBuilder, *,
+                   scan: bool, allow: bool) -> str | None:
+        """Find the tracked keys gone from the source and apply ``on_delete`` to them, unless
+        the mass-delete brake holds them: then none is applied and the brake's message is
+        returned (the run raises ``MassDeleteHeld`` once its other steps are done)."""
+        counts = run.courier.counts
+        found = deletions.find(self.store, self.name, connector, scan=scan,
+                               seen_deleted=getattr(connector, "deleted_keys", ()))
+        if found.scanned:
+            log.info("deletions.key_scan", tracked=found.tracked, gone=len(found.gone))
+        policy = self.pipeline.on_delete
+        if found.gone and policy == "ignore":
+            counts["deletions_ignored"] = len(found.gone)
+        elif found.gone:
+            held = deletions.brake(self.pipeline, len(found.gone), found.tracked)
+            if held is not None and not allow:
+                counts["deletions_held"] = len(found.gone)
+                log.warning("deletions.held", count=len(found.gone), tracked=found.tracked)
+                return held
+            if policy == "delete":
+                deletions.hard_delete(self.store, self.client, self.name, found.gone, counts,
+                                      check_stop=self.check_stop)
+            else:
+                self._unlist_gone(found.gone, connector, differ, run)
+        if found.scanned:
+            counts["key_scans"] = 1
+        return None
+
+    def _unlist_gone(self, keys: Sequence[str], connector: Connector, differ: Differ,
+                     run: BatchBuilder) -> None:
+        """``remove_from_lists``: each gone key goes through the diff as a deleted record."""
+        run.advance = False  # these records have no place in the cursor order
+        gone = (SourceRecord(key=key, cursor=None, values={}, deleted=True) for key in keys)
+        self._scan(gone, differ, run, connector=connector, check_columns=False)
+        run.finish()
+
     def _check_columns(self, record: SourceRecord) -> None:
         mapping = self.pipeline.mapping
-        wanted = [mapping.email, *mapping.fields.values()]
+        rules = self.pipeline.lists_by_column
+        wanted = [mapping.email, *mapping.columns.values(),
+                  *(rules.source_columns if rules is not None else ())]
         missing = sorted({c for c in wanted if c not in record.values})
         if missing:
             raise ConfigError(
@@ -485,6 +567,17 @@ def _sample(change: Change) -> dict[str, Any]:
                 "reason": change.rejection.reason}
     return {"source_key": change.source_key,
             "contacts": [entry.to_api() for entry in change.entries]}
+
+
+def _memberships(rules: ListsByColumn, ids: Mapping[str | int, int]) -> Memberships | None:
+    """The dynamic list rules with names resolved to ids (None while a list is missing: a plan
+    or check before the lists exist maps contacts onto the static lists only)."""
+    names = rules.names
+    if any(name not in ids for name in names):
+        return None
+    return Memberships(column=rules.column,
+                       by_value={v: ids[n] for v, n in rules.values.items()},
+                       flags={c: ids[n] for c, n in rules.flags.items()})
 
 
 def _first_row(rows: Sequence[SourceRecord]) -> SourceRecord:

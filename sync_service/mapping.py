@@ -230,12 +230,15 @@ class Mapper:
         fields: Mapping[str, str],
         field_types: Mapping[str, str],
         list_ids: tuple[int, ...],
+        memberships: Callable[[Mapping[str, Any]], tuple[int, ...]] | None = None,
+        managed: tuple[int, ...] = (),
     ) -> None:
         missing = sorted(tag for tag in fields if tag not in field_types)
         if missing:
             raise ConfigError(
                 "mapping.fields names merge tags that do not exist in Mailtrap: "
-                + ", ".join(missing) + " (create the fields in Mailtrap first)"
+                + ", ".join(missing) + " (create them in Mailtrap, or declare them as tables "
+                "with a `type` so they are created)"
             )
         unknown = sorted(f"{tag} ({field_types[tag]})" for tag in fields
                          if field_types[tag] not in _CONVERTERS)
@@ -247,6 +250,10 @@ class Mapper:
             (tag, column, _CONVERTERS[field_types[tag]], field_types[tag])
                         for tag, column in sorted(fields.items())]
         self.list_ids = tuple(sorted(list_ids))
+        # Lists that follow the data (``memberships``): with the static ones, the lists this
+        # pipeline manages, the only ones it ever excludes a contact from.
+        self.memberships = memberships
+        self.managed_ids = tuple(sorted({*self.list_ids, *managed}))
 
     def contact(self, values: Mapping[str, Any]) -> Contact:
         """The contact for one row, or MappingRejected saying which value is wrong and why."""
@@ -264,7 +271,10 @@ class Mapper:
                 raise MappingRejected(
                     RejectKind.INVALID_VALUE, f"field {tag} (column {column}) {exc}", field=tag
                 ) from exc
-        return Contact(email=email, fields=typed, list_ids=self.list_ids)
+        list_ids = self.list_ids
+        if self.memberships is not None:
+            list_ids = tuple(sorted({*list_ids, *self.memberships(values)}))
+        return Contact(email=email, fields=typed, list_ids=list_ids)
 
 
 def contact_hash(contact: Contact) -> str:

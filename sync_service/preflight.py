@@ -23,7 +23,9 @@ def check_mapped_columns(pipeline: PipelineSettings, connector: Connector) -> No
     available = columns()
     mapping = pipeline.mapping
     wanted = [("mapping.email", mapping.email),
-              *((f"mapping.fields.{tag}", column) for tag, column in mapping.fields.items())]
+              *((f"mapping.fields.{tag}", column) for tag, column in mapping.columns.items()),
+              *(("lists_by_column", column) for column in (
+                  pipeline.lists_by_column.source_columns if pipeline.lists_by_column else ()))]
     missing = [f"{column} ({setting})" for setting, column in wanted if column not in available]
     if missing:
         raise ConfigError(

@@ -54,7 +54,7 @@ def reconcile(job: SyncJob) -> RunResult:
     def body(builder: BatchBuilder) -> None:
         counts = builder.courier.counts
         mapper = job.build_mapper(create_lists=False)
-        columns = dict(job.pipeline.mapping.fields)
+        columns = dict(job.pipeline.mapping.columns)
         with tempfile.TemporaryDirectory(prefix="mailtrap-sync-") as folder:
             unsubscribed = _export(job, Path(folder) / "unsubscribed", list_ids=(),
                                    status="unsubscribed")

@@ -22,7 +22,7 @@ import re
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -154,19 +154,77 @@ def _unsafe(token: str) -> str:
     return " and ".join(found) or "characters a header cannot carry"
 
 
+FIELD_NAME_LIMIT = 50  # Mailtrap's documented limit for a field's name and merge tag
+_MERGE_TAG = re.compile(rf"[A-Za-z0-9_]{{1,{FIELD_NAME_LIMIT}}}")
+
+
+class FieldSpec(_Section):
+    """A typed field: ``[pipelines.mapping.fields.<merge_tag>]``, created in Mailtrap if missing."""
+
+    column: str = Field(min_length=1, description="source column")
+    type: Literal["text", "integer", "float", "boolean", "date"] | None = Field(
+        None, description="Mailtrap data type; a missing field is created with it (text when "
+        "omitted), an existing field of another type is an error")
+    name: str | None = Field(None, min_length=1, max_length=FIELD_NAME_LIMIT,
+                             description="display name of a created field (default: merge tag)")
+
+
 class MappingSettings(_Section):
     email: str = Field("email", description="source column holding the email address")
-    fields: dict[str, str] = Field(
-        default_factory=dict, description="Mailtrap merge_tag = source column"
+    fields: dict[str, str | FieldSpec] = Field(
+        default_factory=dict,
+        description="Mailtrap merge_tag = source column, or a table {column, type, name}",
     )
 
     @field_validator("fields")
     @classmethod
-    def _merge_tags(cls, value: dict[str, str]) -> dict[str, str]:
+    def _merge_tags(cls, value: dict[str, str | FieldSpec]) -> dict[str, str | FieldSpec]:
         for tag in value:
-            if not re.fullmatch(r"[A-Za-z0-9_]{1,50}", tag):
-                raise ValueError(f"merge tag {tag!r} must be 1-50 letters, digits or underscores")
+            if not _MERGE_TAG.fullmatch(tag):
+                raise ValueError(f"merge tag {tag!r} must be 1-{FIELD_NAME_LIMIT} letters, "
+                                 "digits or underscores")
         return value
+
+    @property
+    def columns(self) -> dict[str, str]:
+        """merge tag → source column, whichever form each field is written in."""
+        return {tag: spec if isinstance(spec, str) else spec.column
+                for tag, spec in self.fields.items()}
+
+    @property
+    def declared(self) -> dict[str, FieldSpec]:
+        """The fields written as tables: merge tag → what to create when missing."""
+        return {tag: spec for tag, spec in self.fields.items() if isinstance(spec, FieldSpec)}
+
+
+class ListsByColumn(_Section):
+    """List membership that follows the data: a column's value picks a list, and/or a boolean
+    column per list."""
+
+    column: str | None = Field(None, min_length=1, description="source column whose value "
+                               "picks the list")
+    values: dict[str, Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=dict, description="column value = list name (created if missing)")
+    flags: dict[str, Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=dict, description="boolean source column = list name (a contact whose "
+        "column is true is on the list)")
+
+    @model_validator(mode="after")
+    def _complete(self) -> ListsByColumn:
+        if (self.column is None) != (not self.values):
+            raise ValueError("`column` and `values` go together")
+        if self.column is None and not self.flags:
+            raise ValueError("set `column` and `values`, or `flags`")
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        """Every list these rules manage, in a stable order."""
+        return list(dict.fromkeys([*self.values.values(), *self.flags.values()]))
+
+    @property
+    def source_columns(self) -> list[str]:
+        return ([self.column] if self.column else []) + list(self.flags)
 
 
 class PipelineSettings(_Section):
@@ -177,6 +235,16 @@ class PipelineSettings(_Section):
     batch_size: int = Field(MAX_BATCH, ge=1, le=MAX_BATCH, strict=True)
     source: ConnectorSettings
     mapping: MappingSettings = MappingSettings()
+    lists_by_column: ListsByColumn | None = None
+    on_delete: Literal["remove_from_lists", "delete", "ignore"] = Field(
+        "remove_from_lists", description="what a key gone from the source does to its contact")
+    delete_scan_every: int = Field(24, ge=1, strict=True,
+                                   description="runs between key scans for hard deletes")
+    max_delete_share: float = Field(0.2, gt=0, le=1, strict=True, allow_inf_nan=False,
+                                    description="the mass-delete brake: largest share of the "
+                                    "tracked contacts one run may remove")
+    max_delete_count: int | None = Field(None, ge=0, strict=True,
+                                         description="the brake's largest count, when set")
     schedule: str | None = Field(None, description="cron expression for `run`")
     every: Duration | None = Field(None, description="interval for `run`, e.g. 10m")
     consent: ConsentSettings | None = None  # consent branch: opt-outs (settings_audience)

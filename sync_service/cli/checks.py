@@ -21,9 +21,10 @@ Report = Callable[[bool, str, str | None], None]
 
 
 def run_checks(settings: AppSettings, pipelines: Sequence[PipelineSettings],
-               report: Report = check_line) -> int:
+               report: Report = check_line, *, fix: bool = False) -> int:
     """Check each moving part; ``report`` each (one printed line by default). The exit code: 0
-    when all pass, 2 when a check found a configuration error, else 1."""
+    when all pass, 2 when a check found a configuration error, else 1. ``fix`` creates the
+    missing declared fields and lists once their checks pass."""
     config: list[str] = []
 
     def _check(label: str, action: Callable[[], str | None]) -> bool:
@@ -45,7 +46,7 @@ def run_checks(settings: AppSettings, pipelines: Sequence[PipelineSettings],
             ok &= _check("token and account", lambda: f"account {client.resolve_account()}")
             for pipeline in pipelines:
                 job = SyncJob(settings=settings, pipeline=pipeline, store=store, client=client)
-                ok &= _check(f"{pipeline.name}: lists and fields", partial(_mapping, job))
+                ok &= _check(f"{pipeline.name}: lists and fields", partial(_mapping, job, fix=fix))
                 ok &= _check(f"{pipeline.name}: source", partial(_source, job))
     finally:
         store.close()
@@ -57,11 +58,13 @@ def _store_reachable(store: StateStore) -> str:
     return "reachable"
 
 
-def _mapping(job: SyncJob) -> str:
+def _mapping(job: SyncJob, *, fix: bool = False) -> str:
     plan = PlanReport(job.name)
-    mapper = job.build_mapper(create_lists=False, report=plan)
+    mapper = job.build_mapper(create_lists=fix, report=plan)
     missing = f"; lists to create on first run: {', '.join(plan.lists_to_create)}" \
         if plan.lists_to_create else ""
+    if plan.fields_to_create:
+        missing += f"; fields to create on first run: {', '.join(plan.fields_to_create)}"
     return f"list ids {list(mapper.list_ids)}{missing}"
 
 

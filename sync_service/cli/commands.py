@@ -123,22 +123,30 @@ def _run_jobs(ctx: click.Context, names: Sequence[str], action: Callable[[SyncJo
 
 @cli.command()
 @click.argument("pipelines", nargs=-1)
+@click.option("--allow-mass-delete", is_flag=True,
+              help="apply deletions even when they exceed the mass-delete brake")
 @json_option
 @click.pass_context
-def sync(ctx: click.Context, pipelines: tuple[str, ...], as_json: bool) -> None:
+def sync(ctx: click.Context, pipelines: tuple[str, ...], allow_mass_delete: bool,
+         as_json: bool) -> None:
     """One incremental pass over PIPELINES (all when none named)."""
-    sys.exit(_run_jobs(ctx, pipelines, lambda job: job.run(RunKind.SYNC), as_json=as_json))
+    sys.exit(_run_jobs(ctx, pipelines, lambda job: job.run(
+        RunKind.SYNC, allow_mass_delete=allow_mass_delete), as_json=as_json))
 
 
 @cli.command()
 @click.argument("pipeline")
 @click.option("--resend", is_flag=True, help="send every contact, even unchanged ones")
+@click.option("--allow-mass-delete", is_flag=True,
+              help="apply deletions even when they exceed the mass-delete brake")
 @json_option
 @click.pass_context
-def backfill(ctx: click.Context, pipeline: str, resend: bool, as_json: bool) -> None:
-    """Re-read PIPELINE's whole source, ignoring the watermark."""
-    sys.exit(_run_jobs(ctx, [pipeline], lambda job: job.run(RunKind.BACKFILL, resend=resend),
-                       as_json=as_json))
+def backfill(ctx: click.Context, pipeline: str, resend: bool, allow_mass_delete: bool,
+             as_json: bool) -> None:
+    """Re-read PIPELINE's whole source, ignoring the watermark, and scan its keys for hard
+    deletes."""
+    sys.exit(_run_jobs(ctx, [pipeline], lambda job: job.run(
+        RunKind.BACKFILL, resend=resend, allow_mass_delete=allow_mass_delete), as_json=as_json))
 
 
 @cli.command()
@@ -259,10 +267,12 @@ def explain(ctx: click.Context, pipeline: str, contact: str, no_source: bool,
 
 @cli.command()
 @click.argument("pipelines", nargs=-1)
+@click.option("--fix", is_flag=True, help="create the missing declared fields and lists")
 @json_option
 @click.pass_context
-def check(ctx: click.Context, pipelines: tuple[str, ...], as_json: bool) -> None:
-    """Check config, state store, token and account, lists, fields and sources."""
+def check(ctx: click.Context, pipelines: tuple[str, ...], fix: bool, as_json: bool) -> None:
+    """Check config, state store, token and account, lists, fields and sources (``--fix``
+    creates the missing declared fields and lists)."""
     settings = _settings(ctx)
     found: list[dict[str, Any]] = []
 
@@ -270,7 +280,7 @@ def check(ctx: click.Context, pipelines: tuple[str, ...], as_json: bool) -> None
         found.append({"check": label, "ok": ok, "detail": detail})
 
     code = run_checks(settings, _select(settings, pipelines),
-                      collect if as_json else render.check_line)
+                      collect if as_json else render.check_line, fix=fix)
     if as_json:
         render.emit_json({"ok": code == EXIT_OK, "checks": found})
     sys.exit(code)

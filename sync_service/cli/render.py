@@ -150,6 +150,12 @@ def print_plan(plan: PlanReport) -> None:
     line(f"imports that would be posted: {plan.imports}")
     if plan.lists_to_create:
         line(f"lists that would be created: {', '.join(plan.lists_to_create)}")
+    if plan.deletions:
+        held = " (the mass-delete brake would hold them: --allow-mass-delete applies them)" \
+            if plan.brake_would_hold else ""
+        line(f"keys gone from the source (on_delete applies): {plan.deletions}{held}")
+    if plan.fields_to_create:
+        line(f"fields that would be created: {', '.join(plan.fields_to_create)}")
     for kind, examples in sorted(plan.samples.items()):
         if examples:
             line(f"{kind} examples:")

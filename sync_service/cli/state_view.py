@@ -5,7 +5,7 @@ Nothing here writes. A state store without a schema yet reads as empty for ``pla
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -43,6 +43,9 @@ class ReadOnlyState:
 
     def get_rejections(self, pipeline: str, keys: Sequence[str]) -> dict[str, Rejection]:
         return {} if self.empty else self.store.get_rejections(pipeline, keys)
+
+    def live_keys(self, pipeline: str) -> Iterator[list[str]]:
+        return iter(()) if self.empty else self.store.live_keys(pipeline)
 
 
 def status_rows(store: StateStore, configured: Sequence[str]) -> list[dict[str, Any]]:

@@ -217,6 +217,32 @@ class MailtrapClient:
             for i in items(data, "fields")
         ]
 
+    def create_field(self, name: str, merge_tag: str, data_type: str) -> ContactField:
+        """Create a custom field; a retry first re-lists, in case the failed attempt created it."""
+        url, account = self._url("/contacts/fields"), self.account_id
+        body = {"name": name, "merge_tag": merge_tag, "data_type": data_type}
+        for attempt in self._api.retrying():
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    found = next((f for f in self.fields() if f.merge_tag == merge_tag), None)
+                    if found is not None:
+                        log.info("mailtrap.field_found_after_retry", merge_tag=merge_tag,
+                                 field_id=found.id)
+                        return found
+                data = self._send("POST", url, group="fields", json=body, account=account)
+                item = as_object(data, "created field")
+                return ContactField(int(item["id"]), str(item["name"]), str(item["merge_tag"]),
+                                    str(item["data_type"]))
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    def delete_contact(self, identifier: str) -> bool:
+        """Delete a contact (by id or email); False when Mailtrap does not know it."""
+        try:
+            self._request("DELETE", f"/contacts/{quote(identifier, safe='')}", group="contacts")
+        except MailtrapNotFound:
+            return False
+        return True
+
     # imports --------------------------------------------------------------------------------
     def create_import(self, contacts: Sequence[Mapping[str, Any]]) -> ImportResult:
         """POST one bulk import (≤ 50,000 contacts); 422 raises MailtrapValidationError."""

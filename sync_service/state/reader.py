@@ -7,7 +7,7 @@ not exist yet).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from sync_service.models import Position, Rejection, StoredContact
@@ -30,3 +30,6 @@ class StateReader(Protocol):
 
     def get_rejections(self, pipeline: str, keys: Sequence[str]) -> dict[str, Rejection]:
         """The rejections on record for the given keys (with the hash Mailtrap refused)."""
+
+    def live_keys(self, pipeline: str) -> Iterator[list[str]]:
+        """The keys whose confirmed contact is not a tombstone, a chunk at a time."""

@@ -204,6 +204,22 @@ class StateStore:
     def count_contacts(self, pipeline: str) -> int:
         return self._count("count_contacts", contacts, pipeline)
 
+    def live_keys(self, pipeline: str, chunk: int = 5_000) -> Iterator[list[str]]:
+        """The keys whose confirmed contact is not a tombstone, a chunk at a time, by key."""
+        after: str | None = None
+        while True:
+            with self._read("live_keys") as conn:
+                query = sa.select(contacts.c.source_key).where(
+                    contacts.c.pipeline == pipeline, contacts.c.hash != TOMBSTONE)
+                if after is not None:
+                    query = query.where(contacts.c.source_key > after)
+                found = list(conn.execute(query.order_by(contacts.c.source_key).limit(chunk))
+                             .scalars())
+            if not found:
+                return
+            yield found
+            after = found[-1]
+
     # runs ---------------------------------------------------------------------------------
 
     def start_run(self, pipeline: str, kind: RunKind) -> int:

@@ -21,8 +21,8 @@ What is checked (each one a test): strict (cursor, key) order; resumption from e
 watermark; ties on the cursor across page boundaries; an empty source; records without an email
 or with several; deletions (a record marked ``deleted``, or for a full-snapshot connector a key
 no longer yielded and reported in ``deleted_keys``); a record changed during the read; ``fetch``
-of known and unknown keys; ``check`` on bad credentials (a ``ConfigError`` naming the problem,
-which the CLI turns into exit code 2).
+of known and unknown keys; ``keys()`` when the connector offers it; ``check`` on bad
+credentials (a ``ConfigError`` naming the problem, which the CLI turns into exit code 2).
 
 ``Row.tick`` is a logical modification time: rows with the same tick must get the same cursor
 value, a higher tick a higher one. The source maps ticks to its own cursor values. Connectors are
@@ -41,7 +41,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from sync_service.connector import Connector, in_order
+from sync_service.connector import Connector, KeyListing, in_order
 from sync_service.errors import ConfigError
 from sync_service.models import Position, SourceRecord
 
@@ -218,6 +218,18 @@ class ConnectorContract:
             fetched = {r.key_str: r.values[source.name_column]
                        for r in conn.fetch([rows[0].key, rows[3].key, source.unknown_key])}
         assert fetched == {rows[0].key: rows[0].name, rows[3].key: "current"}
+
+    def test_key_listing_matches_a_full_read(self, source: ContractSource) -> None:
+        """keys() (optional: the hard-delete key scan) lists exactly the keys a full read
+        yields, as text."""
+        source.put(_rows(7))
+        with closing(source.connect(page_size=self.page_size)) as conn:
+            if not isinstance(conn, KeyListing):
+                pytest.skip("the connector has no key listing (a key scan reads it in full)")
+            conn.check()
+            listed = list(conn.keys())
+            read = _keys(conn.read(None))
+        assert sorted(listed) == sorted(read)
 
     def test_check_names_bad_credentials(self, source: ContractSource) -> None:
         """check() with refused credentials (or, without any, a source that is not there)

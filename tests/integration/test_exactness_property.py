@@ -1,5 +1,8 @@
 """Property: whatever edits a CRM makes while syncs read it in small pages, syncing until quiet
-leaves Mailtrap's list equal to the source and every stored hash equal to what Mailtrap holds."""
+leaves Mailtrap's list equal to the source and every stored hash equal to what Mailtrap holds.
+
+Edits include hard deletes (``erase``: the row is gone, found by the key scan each run makes
+here, the brake set wide open) and rows coming back under an erased key."""
 
 from __future__ import annotations
 
@@ -9,10 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sync_service.models import RunOutcome
+from sync_service.settings import AppSettings
 from sync_service.testing.mailtrap.double import MailtrapDouble
 from tests.conftest import PG_ENV, _fresh_database, _server_url
 from tests.support.double_fixtures import validating_transport
@@ -24,7 +29,7 @@ KEYS = range(1, 7)
 EMAILS = [f"e{i}@example.com" for i in range(8)]
 
 Edit = tuple[str, int, int]
-_edits = st.tuples(st.sampled_from(["field", "move", "swap", "delete", "create"]),
+_edits = st.tuples(st.sampled_from(["field", "move", "swap", "delete", "erase", "create"]),
                    st.sampled_from(list(KEYS)), st.integers(0, len(EMAILS) - 1))
 # Per sync: (chunk after which the edit is made, 0 = before the run starts, edit)
 _runs = st.lists(st.lists(st.tuples(st.integers(0, 4), _edits), max_size=6),
@@ -53,11 +58,24 @@ def _apply(src: People, edit: Edit) -> None:
             src.update(key, email=theirs)
     elif kind == "delete" and live:
         src.delete(key)
+    elif kind == "erase" and row is not None:
+        with src.engine.begin() as conn:
+            conn.execute(sa.delete(src.table).where(src.table.c.id == key))
     elif kind == "create" and not live and free:
         if row is None:
             src.insert(key, free[0], f"C{pick}")
         else:
             src.update(key, deleted=False, email=free[0], first_name=f"R{pick}")
+
+
+class _ScanningHarness(PeopleHarness):
+    """A key scan on every run, and a brake that never holds (hard deletes are edits here)."""
+
+    def settings(self) -> AppSettings:
+        settings = super().settings()
+        pipeline = settings.pipelines[0].model_copy(
+            update={"delete_scan_every": 1, "max_delete_share": 1.0})
+        return settings.model_copy(update={"pipelines": [pipeline]})
 
 
 def _sync(h: PeopleHarness, edits: list[tuple[int, Edit]]) -> None:
@@ -81,7 +99,7 @@ def _until_quiet(state_url: str, source_url: str, runs: list[list[tuple[int, Edi
                  batch_size: int = 50_000) -> None:
     double = MailtrapDouble()
     transport = validating_transport(double)
-    h = PeopleHarness(double, transport, People(source_url),  # type: ignore[arg-type]
+    h = _ScanningHarness(double, transport, People(source_url),  # type: ignore[arg-type]
                       state_url, fetch_size=2, batch_size=batch_size)
     try:
         src = h.source

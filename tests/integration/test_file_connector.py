@@ -74,7 +74,8 @@ def test_large_csv_with_malformed_lines_syncs_the_rest(pipeline: SourcePipeline)
 
 def test_second_run_sends_nothing_and_dropped_lines_are_seen_as_deletions(
         pipeline: SourcePipeline) -> None:
-    """A new drop without 10 records reports 10 deletions (counted, not applied); a change goes."""
+    """A new drop without 10 records: the 10 leave the pipeline's list (one exclusion-only entry
+    each, on_delete = remove_from_lists); a change goes."""
     _drop(_drops(pipeline), 1, _csv(200))
     assert pipeline.run().outcome is RunOutcome.SUCCEEDED
     sent = pipeline.sent()
@@ -87,8 +88,9 @@ def test_second_run_sends_nothing_and_dropped_lines_are_seen_as_deletions(
     assert result.outcome is RunOutcome.SUCCEEDED, result.error
     seen = next(e for e in logs if e["event"] == "file.deletions_seen")
     assert seen["count"] == 10
-    assert seen["applied"] is False
-    assert pipeline.sent() == sent + 1  # only the renamed record went out
+    assert result.counts["unlisted"] == 10
+    assert pipeline.sent() == sent + 1 + 10  # the renamed record, then the 10 unlisted
+    assert not {f"user{n}@example.com" for n in gone} & set(pipeline.mailtrap_view())
     assert pipeline.mailtrap_view()["user7@example.com"]["first_name"] == "Seventh"
 
 
@@ -161,7 +163,7 @@ def test_a_single_file_replaced_by_a_smaller_export_counts_its_deletions(tmp_pat
         assert len(list(second.read(None))) == 40
     assert second.deleted_keys == {str(n) for n in range(20, 30)}
     seen = next(e for e in logs if e["event"] == "file.deletions_seen")
-    assert (seen["count"], seen["applied"]) == (10, False)
+    assert seen["count"] == 10
     again = FileConnector(settings)  # the same export read again (a plan, a backfill)
     assert len(list(again.read(None))) == 40
     assert again.deleted_keys == second.deleted_keys

@@ -17,36 +17,42 @@ The job (``job.py``) reads and decides; this module sends. How it keeps design.m
    contact refused that way is recorded with the message.
 
 A failed import is posted again, then in halves, at most ``MAX_IMPORT_FAILURES`` times in all.
+What to do after each answer is decided by ``delivery_plan`` (pure); the courier performs it.
 """
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
 
+from sync_service.delivery_plan import MAX_IMPORT_FAILURES as MAX_IMPORT_FAILURES  # noqa: PLC0414
+from sync_service.delivery_plan import (
+    GiveUp,
+    Plan,
+    failed_import_plan,
+    refusal_budget,
+    refusal_plan,
+    result_plan,
+    unattributed_plan,
+)
 from sync_service.diff import Change, Pending
 from sync_service.errors import ImportFailed as ImportFailed  # noqa: PLC0414 - old home
 from sync_service.errors import Interrupted as Interrupted  # noqa: PLC0414 - old home
 from sync_service.errors import (
     MailtrapNotFound,
     MailtrapValidationError,
-    MappingRejected,
     SyncError,
 )
 from sync_service.mailtrap.client import MailtrapClient
-from sync_service.mapping import normalise_email
 from sync_service.models import (
     BatchStatus,
     ChangeKind,
     ImportEntry,
     ImportResult,
     Position,
-    Rejection,
     RejectKind,
 )
 from sync_service.observers import RunObserver
@@ -54,7 +60,6 @@ from sync_service.settings import MailtrapSettings
 from sync_service.state import StateStore
 
 log = structlog.get_logger(__name__)
-MAX_IMPORT_FAILURES = 4
 
 
 class _Unattributed(SyncError):
@@ -109,7 +114,7 @@ class Courier:
             self.store.advance(self.name, watermark, forget)
             return
         parts, failures, refusals = [entries], 0, 0
-        budget = 2 * math.ceil(math.log2(len(entries) + 1)) + 2
+        budget = refusal_budget(len(entries))
         while parts:
             part = parts.pop(0)
             self.check_stop()
@@ -118,7 +123,7 @@ class Courier:
                 part, import_id = self._post(batch_id, part)
             except _Unattributed as refusal:
                 refusals += 1
-                parts[:0] = self._isolate(batch_id, refusal, exhausted=refusals > budget)
+                parts[:0] = self._isolate(batch_id, refusal, refusals=refusals, budget=budget)
                 import_id = None
             if import_id is None:
                 if not parts:
@@ -129,11 +134,10 @@ class Courier:
                             forget if last else (), sent=len(part)):
                 continue
             failures += 1
-            if failures >= MAX_IMPORT_FAILURES:
-                raise ImportFailed(f"import {import_id} failed {failures} times; its "
-                                   f"{len(part)} contacts will be sent again on the next run")
-            half = len(part) // 2
-            parts[:0] = [part[:half], part[half:]] if failures >= 2 and half else [part]
+            plan = failed_import_plan(part, import_id, failures)
+            if plan.give_up is not None:
+                raise ImportFailed(plan.message)
+            parts[:0] = [list(p) for p in plan.parts]
 
     def _post(self, batch_id: int, part: list[ImportEntry]) -> tuple[list[ImportEntry], int | None]:
         """POST the import; take out contacts Mailtrap rejects (422) and post the rest."""
@@ -152,40 +156,34 @@ class Courier:
     def _reject(self, batch_id: int, part: list[ImportEntry],
                 exc: MailtrapValidationError) -> list[ImportEntry]:
         """Record the keys whose entries Mailtrap named; the entries left to post again."""
-        named = _named_emails(exc.contact_errors, part)
-        if not named:
-            self._quota_refusal(batch_id, part, {"": [str(exc.body)]})
-            raise _Unattributed(str(exc), part)
-        self._quota_refusal(batch_id, part, named)
-        keys = {e.source_key for e in part if e.email in named}
-        dropped = [e for e in part if e.source_key in keys]
-        self.store.record_rejections(self.name, self.run_id, [
-            _rejection(key, [e for e in dropped if e.source_key == key], named) for key in keys])
-        self.store.remove_from_batch(batch_id, [e.email for e in dropped])
-        _add(self.counts, "rejected", len(keys))
-        log.warning("import.contacts_rejected", batch_id=batch_id, count=len(keys),
-                    reasons=sorted({r for reasons in named.values() for r in reasons})[:5])
-        return [e for e in part if e.source_key not in keys]
+        plan = refusal_plan(part, exc.contact_errors, exc.body, str(exc))
+        self._give_up(batch_id, plan)
+        if plan.unattributed:
+            raise _Unattributed(plan.message, part)
+        self.store.record_rejections(self.name, self.run_id, list(plan.rejections))
+        self.store.remove_from_batch(batch_id, list(plan.removed))
+        _add(self.counts, "rejected", len(plan.rejections))
+        log.warning("import.contacts_rejected", batch_id=batch_id, count=len(plan.rejections),
+                    reasons=list(plan.reasons))
+        return list(plan.retry)
 
     def _isolate(self, batch_id: int, refusal: _Unattributed, *,
-                 exhausted: bool) -> list[list[ImportEntry]]:
+                 refusals: int, budget: int) -> list[list[ImportEntry]]:
         """Halves of a part refused as a whole; a lone key is recorded as rejected instead."""
         part = refusal.part
-        self.store.fail_batch(batch_id, f"refused without naming a contact: {refusal}")
-        keys = list(dict.fromkeys(entry.source_key for entry in part))
-        if exhausted:
-            raise SyncError(f"Mailtrap keeps refusing imports without naming a contact: {refusal}")
-        if len(keys) == 1:
-            reasons = {entry.email: [str(refusal)] for entry in part}
-            self.store.record_rejections(self.name, self.run_id,
-                                         [_rejection(keys[0], part, reasons)])
+        plan = unattributed_plan(part, str(refusal), refusals=refusals, budget=budget)
+        assert plan.batch_failure is not None
+        self.store.fail_batch(batch_id, plan.batch_failure)
+        if plan.give_up is not None:
+            raise SyncError(plan.message)
+        if plan.rejections:
+            self.store.record_rejections(self.name, self.run_id, list(plan.rejections))
             _add(self.counts, "rejected", 1)
-            log.warning("import.contact_isolated", batch_id=batch_id, source_key=keys[0])
+            log.warning("import.contact_isolated", batch_id=batch_id,
+                        source_key=plan.rejections[0].source_key)
             return []
-        first = set(keys[: len(keys) // 2])  # split by key: a key's entries stay together
         log.warning("import.refused_unattributed", batch_id=batch_id, size=len(part))
-        return [[e for e in part if e.source_key in first],
-                [e for e in part if e.source_key not in first]]
+        return [list(p) for p in plan.parts]
 
     def _wait(self, import_id: int) -> ImportResult:
         cfg = self.mailtrap
@@ -203,8 +201,8 @@ class Courier:
     def _settle(self, batch_id: int, final: ImportResult, watermark: Position | None,
                 forget: Sequence[str] = (), *, sent: int) -> bool:
         """Commit a finished import; record a failed one. True when committed."""
-        over = final.contacts_over_limit_count or 0
-        if final.status == "finished" and over == 0:
+        plan = result_plan(final)
+        if plan.confirm:
             self._check_counts(batch_id, final, sent)
             self.store.confirm_batch(batch_id, final, watermark, forget)
             self.confirmed.add(final.id)
@@ -214,14 +212,9 @@ class Courier:
             log.info("import.finished", batch_id=batch_id, import_id=final.id,
                      created=final.created_contacts_count, updated=final.updated_contacts_count)
             return True
-        if over:
-            reason = (f"Mailtrap's contact quota is full: {over} contacts were not stored "
-                      f"(import {final.id}); nothing of this batch is confirmed")
-            self.store.fail_batch(batch_id, reason)
-            _add(self.counts, "over_limit", over)
-            log.error("import.over_limit", batch_id=batch_id, import_id=final.id, over_limit=over)
-            raise ImportFailed(reason)
-        self.store.fail_batch(batch_id, f"import {final.id} ended {final.status}")
+        self._give_up(batch_id, plan, import_id=final.id)
+        assert plan.batch_failure is not None
+        self.store.fail_batch(batch_id, plan.batch_failure)
         _add(self.counts, "imports_failed", 1)
         log.warning("import.failed", batch_id=batch_id, import_id=final.id)
         return False
@@ -249,54 +242,19 @@ class Courier:
                   accounted=told)
         raise ImportFailed(reason)
 
-    def _quota_refusal(self, batch_id: int, part: Sequence[ImportEntry],
-                       named: dict[str, list[str]]) -> None:
-        """ImportFailed when a 422 says, for every contact it names, that the quota is full."""
-        reasons = [r for found in named.values() for r in found]
-        if not reasons or not all(_QUOTA.search(r) for r in reasons):
+    def _give_up(self, batch_id: int, plan: Plan, *, import_id: int | None = None) -> None:
+        """Perform a plan that stops the run over the contact quota: record it, raise."""
+        if plan.give_up is not GiveUp.IMPORT_FAILED:
             return
-        reason = (f"Mailtrap's contact quota is full (422: {reasons[0]}); nothing of this "
-                  "batch is confirmed, and it is sent again when there is room")
-        self.store.fail_batch(batch_id, reason)
-        _add(self.counts, "over_limit", len(part))
-        log.error("import.over_limit", batch_id=batch_id, over_limit=len(part))
-        raise ImportFailed(reason)
-
-
-_QUOTA = re.compile(r"contacts?\b.*\blimit|\blimit\b.*\bcontacts?", re.IGNORECASE)
-
-
-def _named_emails(errors: dict[str, list[str]],
-                  part: Sequence[ImportEntry]) -> dict[str, list[str]]:
-    """Email of the part → reasons, for the entries a 422 names (as sent or as we spell it)."""
-    emails = {entry.email for entry in part}
-    named: dict[str, list[str]] = {}
-    for given, reasons in errors.items():
-        email = given
-        if email not in emails:
-            try:
-                email = normalise_email(given)
-            except MappingRejected:
-                continue
-        if email in emails:
-            named.setdefault(email, []).extend(reasons)
-    return named
-
-
-def _rejection(key: str, entries: Sequence[ImportEntry],
-               reasons: dict[str, list[str]]) -> Rejection:
-    """One key's rejection: the contact it was sending, and why each named entry was refused."""
-    sent = next((e for e in entries if e.kind is not ChangeKind.UNLIST), entries[0])
-    parts = []
-    for entry in entries:
-        if entry.email in reasons:
-            text = "; ".join(reasons[entry.email])
-            parts.append(f"taking {entry.email} out of the lists: {text}"
-                         if entry.kind is ChangeKind.UNLIST and entry is not sent else text)
-    if sent.email not in reasons:
-        parts.append(f"so {sent.email} was not sent either")
-    refused = sent.hash if sent.kind is not ChangeKind.UNLIST else None
-    return Rejection(key, sent.email, RejectKind.MAILTRAP, "; ".join(parts), refused)
+        assert plan.batch_failure is not None
+        self.store.fail_batch(batch_id, plan.batch_failure)
+        _add(self.counts, "over_limit", plan.over_limit)
+        if import_id is None:
+            log.error("import.over_limit", batch_id=batch_id, over_limit=plan.over_limit)
+        else:
+            log.error("import.over_limit", batch_id=batch_id, import_id=import_id,
+                      over_limit=plan.over_limit)
+        raise ImportFailed(plan.message)
 
 
 def _add(counts: dict[str, int], key: str, value: int) -> None:

@@ -269,8 +269,10 @@ def profile(function: Callable[[], Any], *, top: int = 25) -> Any:
 
 
 # the pipeline ------------------------------------------------------------------------------------
-def settings(*, source: Path, state_url: str, api_url: str, batch_size: int) -> Any:
-    """AppSettings for one pipeline ``bench`` reading ``customers`` from the SQLite ``source``.
+def settings(*, source: Path, state_url: str, api_url: str, batch_size: int,
+             source_url: str | None = None) -> Any:
+    """AppSettings for one pipeline ``bench`` reading ``customers`` from the SQLite ``source``
+    (or from the database at ``source_url``).
 
     Import status polls start at 10 ms (the double finishes an import on its first poll anyway).
     """
@@ -282,8 +284,8 @@ def settings(*, source: Path, state_url: str, api_url: str, batch_size: int) -> 
                   "poll_max_interval": 0.05},
         pipelines=[{
             "name": "bench", "lists": ["Customers"], "batch_size": batch_size,
-            "source": {"connector": "sql", "url": f"sqlite:///{source}", "table": "customers",
-                       "key": "id", "cursor": "updated_at"},
+            "source": {"connector": "sql", "url": source_url or f"sqlite:///{source}",
+                       "table": "customers", "key": "id", "cursor": "updated_at"},
             "mapping": {"email": "email", "fields": FIELDS},
         }],
     )

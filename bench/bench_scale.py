@@ -204,7 +204,8 @@ def run_config(name: str, source_url: str, state_url: str, args: argparse.Namesp
             action()
             return
         inside, started = stub.seconds, time.perf_counter()
-        counts = action() if not args.profile else profile(action, top=35)
+        counts = (action() if not args.profile
+                  else profile(action, top=35, sorts=("tottime", "cumulative")))
         wall = time.perf_counter() - started
         own = wall - (stub.seconds - inside)
         results.append({"config": name, "step": label, "wall_s": wall, "own_s": own,

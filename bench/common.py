@@ -258,12 +258,15 @@ def emit_json(result: dict[str, Any]) -> None:
     print(json.dumps(result, indent=2, sort_keys=True, default=str))
 
 
-def profile(function: Callable[[], Any], *, top: int = 25) -> Any:
-    """Run ``function`` under cProfile and print the ``top`` functions by own time."""
+def profile(function: Callable[[], Any], *, top: int = 25,
+            sorts: Sequence[str] = ("tottime",)) -> Any:
+    """Run ``function`` under cProfile and print the ``top`` functions by own time (or by each
+    of ``sorts``: "tottime", "cumulative")."""
     profiler = cProfile.Profile()
     value = profiler.runcall(function)
     out = io.StringIO()
-    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+    for sort in sorts:
+        pstats.Stats(profiler, stream=out).sort_stats(sort).print_stats(top)
     print(out.getvalue())
     return value
 

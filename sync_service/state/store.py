@@ -172,7 +172,7 @@ class StateStore:
                     sa.select(contacts.c.source_key, contacts.c.email, contacts.c.hash,
                               contacts.c.import_id).where(contacts.c.pipeline == pipeline, among)
                 )
-                for key, email, hash_, import_id in rows:
+                for key, email, hash_, import_id in rows.all():  # fetchall, not a fetchone per row
                     found[key] = StoredContact(source_key=key, email=email, hash=hash_,
                                                import_id=import_id)
         return found
@@ -196,7 +196,7 @@ class StateStore:
                         contacts.c.pipeline == pipeline, among
                     )
                 )
-                for email, key, hash_ in rows:
+                for email, key, hash_ in rows.all():
                     if hash_ != TOMBSTONE:
                         holders.setdefault(email, []).append(key)
         return {email: sorted(keys) for email, keys in holders.items()}
@@ -369,7 +369,7 @@ class StateStore:
                     sa.select(rejections.c.source_key, rejections.c.email, rejections.c.kind,
                               rejections.c.reason, rejections.c.hash)
                     .where(rejections.c.pipeline == pipeline, among))
-                for key, email, kind, reason, hash_ in rows:
+                for key, email, kind, reason, hash_ in rows.all():
                     found[key] = Rejection(key, email, RejectKind(kind), reason, hash_)
         return found
 

@@ -258,19 +258,24 @@ def emit_json(result: dict[str, Any]) -> None:
     print(json.dumps(result, indent=2, sort_keys=True, default=str))
 
 
-def profile(function: Callable[[], Any], *, top: int = 25) -> Any:
-    """Run ``function`` under cProfile and print the ``top`` functions by own time."""
+def profile(function: Callable[[], Any], *, top: int = 25,
+            sorts: Sequence[str] = ("tottime",)) -> Any:
+    """Run ``function`` under cProfile and print the ``top`` functions by own time (or by each
+    of ``sorts``: "tottime", "cumulative")."""
     profiler = cProfile.Profile()
     value = profiler.runcall(function)
     out = io.StringIO()
-    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+    for sort in sorts:
+        pstats.Stats(profiler, stream=out).sort_stats(sort).print_stats(top)
     print(out.getvalue())
     return value
 
 
 # the pipeline ------------------------------------------------------------------------------------
-def settings(*, source: Path, state_url: str, api_url: str, batch_size: int) -> Any:
-    """AppSettings for one pipeline ``bench`` reading ``customers`` from the SQLite ``source``.
+def settings(*, source: Path, state_url: str, api_url: str, batch_size: int,
+             source_url: str | None = None) -> Any:
+    """AppSettings for one pipeline ``bench`` reading ``customers`` from the SQLite ``source``
+    (or from the database at ``source_url``).
 
     Import status polls start at 10 ms (the double finishes an import on its first poll anyway).
     """
@@ -282,8 +287,8 @@ def settings(*, source: Path, state_url: str, api_url: str, batch_size: int) -> 
                   "poll_max_interval": 0.05},
         pipelines=[{
             "name": "bench", "lists": ["Customers"], "batch_size": batch_size,
-            "source": {"connector": "sql", "url": f"sqlite:///{source}", "table": "customers",
-                       "key": "id", "cursor": "updated_at"},
+            "source": {"connector": "sql", "url": source_url or f"sqlite:///{source}",
+                       "table": "customers", "key": "id", "cursor": "updated_at"},
             "mapping": {"email": "email", "fields": FIELDS},
         }],
     )

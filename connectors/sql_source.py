@@ -281,7 +281,29 @@ def _sqlite_text_writer(
     """On SQLite, the function turning a typed cursor back into the text SQLAlchemy binds."""
     if dialect.name != "sqlite" or python not in (datetime, date):
         return None
-    return column_type.dialect_impl(dialect).bind_processor(dialect)
+    impl = column_type.dialect_impl(dialect)
+    processor = impl.bind_processor(dialect)
+    if (processor is not None and python is datetime
+            and getattr(impl, "_storage_format", None) == _SQLITE_DATETIME_FORMAT):
+        return _datetime_text(processor)
+    return processor
+
+
+# How SQLAlchemy's SQLite DATETIME writes a value by default: what a naive datetime's
+# ``isoformat(" ", "microseconds")`` gives, at a tenth of the cost per row (issue 11).
+_SQLITE_DATETIME_FORMAT = ("%(year)04d-%(month)02d-%(day)02d "
+                           "%(hour)02d:%(minute)02d:%(second)02d.%(microsecond)06d")
+
+
+def _datetime_text(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``processor``, with naive datetimes (nearly every cursor value) written directly."""
+
+    def write(value: Any) -> Any:
+        if type(value) is datetime and value.tzinfo is None:
+            return value.isoformat(" ", "microseconds")
+        return processor(value)
+
+    return write
 
 
 def python_type(column_type: sa.types.TypeEngine[Any]) -> type | None:

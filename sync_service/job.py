@@ -376,6 +376,7 @@ class SyncJob:
         sent, since the state looked up no longer describes what Mailtrap confirmed.
         """
         start, verified = at
+        sink.settle()  # rejections accepted so far are on record before the state is read
         view = self._look_up(mapped[start:], differ, state, sink.pending)
         flushes = sink.flushes
         for index in range(start, len(mapped)):
@@ -552,6 +553,9 @@ class _Counter:
         self.pending.clear()
 
     def resolved(self, keys: Sequence[str]) -> None:
+        pass  # a plan writes nothing
+
+    def settle(self) -> None:
         pass  # a plan writes nothing
 
     def sent_in_run(self, import_id: int | None) -> bool:

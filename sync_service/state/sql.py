@@ -69,8 +69,10 @@ def matching(conn: Connection, column: sa.ColumnElement[str], items: Sequence[st
             values = sa.bindparam(None, listed, type_=postgresql.ARRAY(sa.Text))
             yield column == sa.any_(values)
     else:
+        # One expanding parameter, not a list literal: SQLAlchemy would coerce every item into
+        # a bound parameter of its own and compile a new statement for each chunk (issue 11).
         for chunk in chunked(items):
-            yield column.in_(chunk)
+            yield column.in_(sa.bindparam(None, list(chunk), expanding=True, type_=column.type))
 
 
 def analyze_if_stale(conn: Connection, table: sa.Table, changed: int) -> bool:

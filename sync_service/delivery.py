@@ -53,6 +53,7 @@ from sync_service.models import (
     ImportEntry,
     ImportResult,
     Position,
+    Rejection,
     RejectKind,
 )
 from sync_service.observers import RunObserver

@@ -219,18 +219,6 @@ class ConnectorContract:
                        for r in conn.fetch([rows[0].key, rows[3].key, source.unknown_key])}
         assert fetched == {rows[0].key: rows[0].name, rows[3].key: "current"}
 
-    def test_key_listing_matches_a_full_read(self, source: ContractSource) -> None:
-        """keys() (optional: the hard-delete key scan) lists exactly the keys a full read
-        yields, as text."""
-        source.put(_rows(7))
-        with closing(source.connect(page_size=self.page_size)) as conn:
-            if not isinstance(conn, KeyListing):
-                pytest.skip("the connector has no key listing (a key scan reads it in full)")
-            conn.check()
-            listed = list(conn.keys())
-            read = _keys(conn.read(None))
-        assert sorted(listed) == sorted(read)
-
     def test_check_names_bad_credentials(self, source: ContractSource) -> None:
         """check() with refused credentials (or, without any, a source that is not there)
         raises ConfigError naming the problem (CLI exit 2)."""
@@ -245,3 +233,19 @@ class ConnectorContract:
 def drain(records: Iterator[Any]) -> int:
     """Consume an iterator; how many items it gave (for benchmarks and smoke tests)."""
     return sum(1 for _ in records)
+
+
+class KeyListingContract(ConnectorContract):
+    """The contract of the optional ``keys()`` (``KeyListing``), for connectors that offer it:
+    subclass this instead of ``ConnectorContract`` (without it, a key scan reads in full)."""
+
+    def test_key_listing_matches_a_full_read(self, source: ContractSource) -> None:
+        """keys() (the hard-delete key scan) lists exactly the keys a full read yields, as
+        text."""
+        source.put(_rows(7))
+        with closing(source.connect(page_size=self.page_size)) as conn:
+            assert isinstance(conn, KeyListing), "the connector has no keys() to test"
+            conn.check()
+            listed = list(conn.keys())
+            read = _keys(conn.read(None))
+        assert sorted(listed) == sorted(read)

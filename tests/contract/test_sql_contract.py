@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from sync_service.connectors.sql import SqlConnector, SqlSourceSettings
-from sync_service.testing.contract import ConnectorContract, ContractSource, Row
+from sync_service.testing.contract import ContractSource, KeyListingContract, Row
 
 T0 = datetime(2024, 3, 1, 9, 0, 0)
 
@@ -73,7 +73,7 @@ class SqlSource(ContractSource):
         return self.connect(page_size=3, url=missing.render_as_string(hide_password=False))
 
 
-class TestSqlConnectorContract(ConnectorContract):
+class TestSqlConnectorContract(KeyListingContract):
     """The built-in SQL connector against the contract suite."""
 
     @pytest.fixture

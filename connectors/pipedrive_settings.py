@@ -18,7 +18,7 @@ from pydantic import Field, field_validator
 from sync_service.connector import ConnectorSettings
 from sync_service.units import parse_rate
 
-from .sql_settings import parse_lookback
+from .sql_settings import time_lookback
 
 DEFAULT_API_URL = "https://api.pipedrive.com"
 
@@ -54,10 +54,7 @@ class PipedriveSettings(ConnectorSettings):
     @field_validator("lookback", mode="before")
     @classmethod
     def _lookback(cls, value: Any) -> timedelta:
-        parsed = parse_lookback(value)
-        if parsed is None:
-            return timedelta(0)
-        return parsed if isinstance(parsed, timedelta) else timedelta(seconds=float(parsed))
+        return time_lookback(value)
 
     @field_validator("rate")
     @classmethod

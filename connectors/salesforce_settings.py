@@ -17,7 +17,7 @@ from pydantic import Field, field_validator, model_validator
 
 from sync_service.connector import ConnectorSettings
 
-from .sql_settings import parse_lookback
+from .sql_settings import time_lookback
 
 _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _VERSION = re.compile(r"^\d{2,3}\.\d$")
@@ -68,10 +68,7 @@ class SalesforceSettings(ConnectorSettings):
     @field_validator("lookback", mode="before")
     @classmethod
     def _lookback(cls, value: Any) -> timedelta:
-        parsed = parse_lookback(value)
-        if parsed is None:
-            return timedelta(0)
-        return parsed if isinstance(parsed, timedelta) else timedelta(seconds=float(parsed))
+        return time_lookback(value)
 
     @field_validator("fields")
     @classmethod

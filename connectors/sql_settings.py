@@ -149,3 +149,11 @@ class SqlSourceSettings(ConnectorSettings):
         if self.query is not None and self.db_schema is not None:
             raise ValueError("`schema` applies to `table` only; qualify names inside `query`")
         return self
+
+
+def time_lookback(value: Any) -> timedelta:
+    """A lookback for a time cursor (the CRM connectors): a duration, or seconds; 0 if unset."""
+    parsed = parse_lookback(value)
+    if parsed is None:
+        return timedelta(0)
+    return parsed if isinstance(parsed, timedelta) else timedelta(seconds=float(parsed))

@@ -27,7 +27,6 @@ per lost answer and counted "possibly duplicated"; with no lost answer it is sen
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from datetime import date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -44,7 +43,7 @@ from sync_service.errors import (
 )
 from sync_service.mailtrap.client import MailtrapCancelled
 from sync_service.mapping import MappingRejected, normalise_email
-from sync_service.models import FieldValue, SourceRecord
+from sync_service.models import FieldValue, SourceRecord, chunked
 from sync_service.settings import parse_rate
 from sync_service.settings_audience import EventsSettings
 from sync_service.state.consent import QUEUED, REJECTED, SENDING, SENT, QueuedEvent
@@ -77,7 +76,7 @@ def ingest(job: SyncJob, settings: EventsSettings) -> int:
     """Queue the events source's new rows; returns how many were new."""
     queued = 0
     with _open(settings) as connector:
-        for chunk in _chunks(connector.read(job.store.events_mark(job.name))):
+        for chunk in chunked(connector.read(job.store.events_mark(job.name)), READ_CHUNK):
             job.check_stop()
             _check_columns(job, settings, chunk[0])
             events = [to_event(record, settings) for record in chunk if not record.deleted]
@@ -193,7 +192,7 @@ def plan(job: SyncJob, report: PlanReport, state: Any, sample: int) -> None:
     new = 0
     examples = report.samples.setdefault("event", [])
     with _open(settings) as connector:
-        for chunk in _chunks(connector.read(mark)):
+        for chunk in chunked(connector.read(mark), READ_CHUNK):
             for record in chunk:
                 if record.deleted:
                     continue
@@ -231,16 +230,6 @@ class _open:
         if self.connector is not None:
             self.connector.close()
 
-
-def _chunks(records: Iterator[SourceRecord]) -> Iterator[list[SourceRecord]]:
-    chunk: list[SourceRecord] = []
-    for record in records:
-        chunk.append(record)
-        if len(chunk) >= READ_CHUNK:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def _add(counts: dict[str, int], key: str, value: int) -> None:

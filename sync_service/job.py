@@ -42,7 +42,6 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any
 
 import structlog
@@ -73,6 +72,7 @@ from sync_service.models import (
     SourceRecord,
     StoredContact,
 )
+from sync_service.models import chunked as chunked  # noqa: PLC0414 - old home
 from sync_service.observers import RunObserver  # in __all__: its old home was this module
 from sync_service.preflight import check_mapped_columns
 from sync_service.settings import AppSettings, ListsByColumn, PipelineSettings
@@ -110,12 +110,6 @@ class PlanReport:
 def new_owner() -> str:
     """A lease owner id naming this process: host, pid and a random suffix."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def chunked(records: Iterable[SourceRecord], size: int) -> Iterator[list[SourceRecord]]:
-    iterator = iter(records)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
 
 
 class SyncJob:

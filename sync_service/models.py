@@ -7,12 +7,13 @@ the same way the source orders rows.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from itertools import islice
+from typing import Any, TypeVar
 
 # What a Mailtrap custom field value may be once typed for JSON (dates as yyyy-mm-dd strings).
 FieldValue = str | int | float | bool | None
@@ -161,3 +162,13 @@ class ImportResult:
     @property
     def done(self) -> bool:
         return self.status in ("finished", "failed")
+
+
+_T = TypeVar("_T")
+
+
+def chunked(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
+    """Lists of at most ``size`` items, in order, streaming (memory bounded by ``size``)."""
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk

@@ -34,7 +34,7 @@ from sync_service.diff import Differ
 from sync_service.export_csv import ExportedContact, read_export
 from sync_service.mailtrap.client import MailtrapCancelled
 from sync_service.mapping import Mapper, MappingRejected, contact_hash, normalise_email
-from sync_service.models import Contact, RunKind, SourceRecord
+from sync_service.models import Contact, RunKind, SourceRecord, chunked
 from sync_service.state.consent import MAILTRAP
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ def _list_names(job: SyncJob) -> dict[str, int]:
 
 def _record_unsubscribed(job: SyncJob, rows: Iterator[ExportedContact],
                          counts: dict[str, int]) -> None:
-    for chunk in _chunks(rows):
+    for chunk in chunked(rows, CHUNK):
         emails = [row.email for row in chunk if row.unsubscribed]
         owners = job.store.get_owners(job.name, emails)
         _add(counts, "unsubscribed_in_mailtrap",
@@ -124,7 +124,7 @@ def _index(path: Path) -> Iterator[sqlite3.Connection]:
 def _fill(job: SyncJob, index: sqlite3.Connection, rows: Iterator[ExportedContact],
           mapper: Mapper, *, columns: dict[str, str], counts: dict[str, int]) -> None:
     """Hash each exported contact as the diff hashes what it sends, into the index."""
-    for chunk in _chunks(rows):
+    for chunk in chunked(rows, CHUNK):
         job.check_stop()
         values = [_hashes(row, mapper, columns) for row in chunk]
         index.executemany("INSERT OR REPLACE INTO held VALUES (?, ?, ?, ?)", values)
@@ -212,16 +212,6 @@ def _noting(records: Iterator[SourceRecord], seen: set[str]) -> Iterator[SourceR
         seen.add(record.key_str)
         yield record
 
-
-def _chunks(rows: Iterator[ExportedContact]) -> Iterator[list[ExportedContact]]:
-    chunk: list[ExportedContact] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) >= CHUNK:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def _add(counts: dict[str, int], key: str, value: int) -> None:

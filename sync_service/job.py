@@ -407,8 +407,9 @@ class SyncJob:
         """
         start, verified = at
         sink.settle()  # rejections accepted so far are on record before the state is read
-        view = self._look_up([m for i, m in enumerate(mapped[start:], start)
-                              if i not in self._skipped], differ, state, sink.pending)
+        todo = [m for i, m in enumerate(mapped[start:], start) if i not in self._skipped]
+        # Only skipped rows left: no look-up (their decision needs none).
+        view = self._look_up(todo, differ, state, sink.pending) if todo else View()
         flushes = sink.flushes
         for index in range(start, len(mapped)):
             item = mapped[index]

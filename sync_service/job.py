@@ -46,7 +46,7 @@ from typing import Any
 
 import structlog
 
-from sync_service import consent, deletions, events, reconcile
+from sync_service import consent, deletions, events, reconcile, reread
 from sync_service.connector import Connector, in_order, load_connector
 from sync_service.delivery import BatchBuilder, Courier, Sink, count_change
 from sync_service.diff import Change, Differ, Mapped, OnRecord, Pending, View
@@ -139,6 +139,10 @@ class SyncJob:
         self._keeper = LeaseKeeper(store, self.name, self.owner, self.lease_ttl)
         self._connector: Connector | None = None
         self._screen: Callable[[Change], Change] = consent.unchanged  # set per chunk by _scan
+        self._fingerprint: str | None = None  # of the last mapper built (sync_service.reread)
+        self._skipped: set[int] = set()  # indices of the chunk the re-read skip accepts
+        self._seen: dict[str, reread.Seen] = {}  # the re-read skip's look-up for the chunk
+        self.rereads_skipped = 0  # rows the re-read skip accepted unmapped, in the last scan
 
     # entry points ------------------------------------------------------------------------
     def run(self, kind: RunKind = RunKind.SYNC, *, resend: bool = False,
@@ -155,7 +159,9 @@ class SyncJob:
             with self.open_connector() as connector:
                 reconcile.resend_drifted(self, connector, differ, run)  # consent branch
                 self._scan(in_order(connector.read(since), connector), differ, run,
-                           connector=connector)
+                           connector=connector,
+                           skip=kind is RunKind.SYNC and not resend and self.pipeline.skip_rereads)
+                _add_count(run.courier.counts, "rereads_skipped", self.rereads_skipped)
                 run.finish()
                 self._recheck_duplicates(connector, differ, run)
                 scan = (kind is RunKind.BACKFILL or allow_mass_delete
@@ -189,7 +195,9 @@ class SyncJob:
         sink = _Counter(report, self.pipeline.batch_size, sample)
         with self.open_connector() as connector:
             records = connector.read(state.get_watermark(self.name))
-            self._scan(records, Differ(mapper), sink, state=state, connector=connector)
+            self._scan(records, Differ(mapper), sink, state=state, connector=connector,
+                       skip=self.pipeline.skip_rereads)
+            _add_count(report.counts, "rereads_skipped", self.rereads_skipped)
             found = deletions.find(state, self.name, connector, scan=True,
                                    seen_deleted=getattr(connector, "deleted_keys", ()))
         report.imports = sink.imports()
@@ -290,6 +298,7 @@ class SyncJob:
         def mapper(by_name: Mapping[str | int, int]) -> Mapper:
             static = tuple(by_name[w] for w in self.pipeline.lists if w in by_name)
             memberships = _memberships(rules, by_name) if rules is not None else None
+            self._fingerprint = reread.fingerprint(self.pipeline, fields.types, by_name)
             try:
                 return Mapper(email_column=self.pipeline.mapping.email,
                               fields=self.pipeline.mapping.columns,
@@ -341,26 +350,53 @@ class SyncJob:
     def _scan(
         self, records: Iterable[SourceRecord], differ: Differ, sink: Sink, *,
         state: StateReader | None = None, connector: Connector | None = None,
-        check_columns: bool = True,
+        check_columns: bool = True, skip: bool = False,
     ) -> None:
         """Read, decide and hand changes to ``sink``; ``connector`` is asked for the current
-        rows of keys whose ownership or uniqueness is in doubt."""
+        rows of keys whose ownership or uniqueness is in doubt. ``skip``: rows read again at
+        the cursor value their confirmed state was made from are accepted unmapped
+        (``sync_service.reread``), and the tokens of the rows mapped are stored."""
         state = state or self.store
         self._connector = connector
         checked = not check_columns
+        lookup = getattr(state, "reread_tokens", None) if skip else None
+        fingerprint = self._fingerprint
+        if skip:
+            self.rereads_skipped = 0
         for chunk in chunked(records, READ_CHUNK):
             self.check_stop()
             if not checked:
                 self._check_columns(chunk[0])
                 checked = True
-            mapped = differ.map(chunk)
+            seen = self._seen = {}
+            self._skipped = set()
+            if lookup is not None and fingerprint is not None:
+                seen = self._seen = lookup(self.name, [r.key_str for r in chunk
+                                          if not r.deleted and r.cursor is not None])
+                self._skipped = reread.candidates(fingerprint, chunk, seen,
+                                                  pending=sink.pending,
+                                                  sent_in_run=sink.sent_in_run)
+            mapped = self._map(chunk, differ)
             # The pipeline's consent rules for this chunk (consent.py), applied to each change.
-            self._screen = consent.screener(self, mapped, state=state)
+            self._screen = consent.screener(self, [m for i, m in enumerate(mapped)
+                                                   if i not in self._skipped], state=state)
             start, verified = 0, -1
             while start < len(mapped):
                 start, verified = self._decide(mapped, (start, verified), differ, sink, state)
+            if lookup is not None and fingerprint is not None and state is self.store:
+                self.store.note_reread(self.name, reread.to_note(
+                    fingerprint, (m for i, m in enumerate(mapped) if i not in self._skipped),
+                    seen))
+            self._skipped = set()
             if self.observer is not None:
                 self.observer.records_read(self.name, len(chunk))
+
+    def _map(self, chunk: Sequence[SourceRecord], differ: Differ) -> list[Mapped]:
+        """The chunk mapped, except the rows the re-read skip accepts (left unmapped)."""
+        if not self._skipped:
+            return differ.map(chunk)
+        rest = iter(differ.map([r for i, r in enumerate(chunk) if i not in self._skipped]))
+        return [Mapped(r) if i in self._skipped else next(rest) for i, r in enumerate(chunk)]
 
     def _decide(self, mapped: list[Mapped], at: tuple[int, int], differ: Differ, sink: Sink,
                 state: Any) -> tuple[int, int]:
@@ -371,11 +407,21 @@ class SyncJob:
         """
         start, verified = at
         sink.settle()  # rejections accepted so far are on record before the state is read
-        view = self._look_up(mapped[start:], differ, state, sink.pending)
+        todo = [m for i, m in enumerate(mapped[start:], start) if i not in self._skipped]
+        # Only skipped rows left: no look-up (their decision needs none).
+        view = self._look_up(todo, differ, state, sink.pending) if todo else View()
         flushes = sink.flushes
         for index in range(start, len(mapped)):
             item = mapped[index]
             key = item.record.key_str
+            if index in self._skipped:
+                if self._still_skipped(item, sink):
+                    sink.accept([Change(item.record.position, key, ChangeKind.UNCHANGED)])
+                    self.rereads_skipped += 1
+                    continue
+                mapped[index] = differ.map([item.record])[0]  # busy now: decide it fully,
+                self._skipped.discard(index)  # against a look-up that includes it
+                return index, -1
             if index != verified and self._repeated(item, view, sink):
                 verdict = self._source_rows(item, differ, sink)
                 if verdict is not None:
@@ -388,6 +434,12 @@ class SyncJob:
             if sink.flushes != flushes:
                 return index + 1, -1
         return len(mapped), -1
+
+    def _still_skipped(self, item: Mapped, sink: Sink) -> bool:
+        """Whether a row the re-read skip picked at the chunk's start is still clear of what
+        the run has queued since (``reread.candidates`` checked it against the queue then)."""
+        key = item.record.key_str
+        return key not in sink.pending.keys and self._seen[key].email not in sink.pending.emails
 
     def _repeated(self, item: Mapped, view: View, sink: Sink) -> bool:
         """Whether this run already read the key, or its source had two rows for it before."""
@@ -576,6 +628,11 @@ def _memberships(rules: ListsByColumn, ids: Mapping[str | int, int]) -> Membersh
     return Memberships(column=rules.column,
                        by_value={v: ids[n] for v, n in rules.values.items()},
                        flags={c: ids[n] for c, n in rules.flags.items()})
+
+
+def _add_count(counts: dict[str, int], name: str, value: int) -> None:
+    if value:
+        counts[name] = counts.get(name, 0) + value
 
 
 def _first_row(rows: Sequence[SourceRecord]) -> SourceRecord:

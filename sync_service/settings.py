@@ -250,6 +250,10 @@ class PipelineSettings(_Section):
     consent: ConsentSettings | None = None  # consent branch: opt-outs (settings_audience)
     events: EventsSettings | None = None  # consent branch: custom events (settings_audience)
     reconcile_every: Interval | None = Field(None, description="daemon: reconcile, e.g. 1d")
+    skip_rereads: bool = Field(
+        True, strict=True, description="a sync accepts a row read again at the cursor value its "
+        "confirmed contact was made from without mapping it; turn off when the cursor can keep "
+        "its value across edits (a date, or whole seconds with rows edited twice a second)")
 
     @field_validator("every")
     @classmethod

@@ -333,8 +333,10 @@ def db_prune(ctx: click.Context, pipelines: tuple[str, ...], no_source: bool,
                           "pruned": [vars(r) for r in reports], "size": size})
         return
     for r in reports:
+        tokens = f" (and {r.reread_tokens} re-read tokens of forgotten keys)" \
+            if r.reread_tokens else ""
         click.echo(f"{r.pipeline}: pruned {r.runs} runs, {r.batches} batches, {r.rejections} "
-                   f"rejections older than {settings.state.retention}")
+                   f"rejections older than {settings.state.retention}{tokens}")
     render.print_size(size)
 
 

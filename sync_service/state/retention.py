@@ -8,7 +8,9 @@
   (pending or posted: a later run polls or abandons those, and needs them and their run);
 - **rejections of keys gone from the source**, last seen before the cutoff: keys whose confirmed
   contact is a tombstone (the source reported the row deleted), and keys the caller reports gone
-  (``gone``: the CLI re-reads rejected keys through the connector's ``fetch``).
+  (``gone``: the CLI re-reads rejected keys through the connector's ``fetch``);
+- **re-read tokens of keys no longer in ``contacts``** (forgotten or hard-deleted keys), whatever
+  their age: a token only counts next to its key's confirmed contact.
 
 Never touched: watermarks, confirmed contacts (hashes and tombstones: invariants 2 and 9 depend
 on them), leases, open batches and their contacts (invariant 3), the newest run and the run of
@@ -32,6 +34,7 @@ import structlog
 from sqlalchemy.engine import Connection, Engine
 
 from sync_service.models import BatchStatus, RunOutcome
+from sync_service.state import reread
 from sync_service.state.engine import transaction
 from sync_service.state.tables import batch_contacts, batches, contacts, rejections, runs
 
@@ -49,6 +52,7 @@ class PruneReport:
     runs: int = 0
     batches: int = 0
     rejections: int = 0
+    reread_tokens: int = 0  # tokens of keys no longer in ``contacts`` (sync_service.reread)
 
 
 def prune_store(engine: Engine, pipeline: str, cutoff: datetime, *,
@@ -63,8 +67,11 @@ def prune_store(engine: Engine, pipeline: str, cutoff: datetime, *,
             report.batches += _delete_batches(conn, ids)
             report.runs += conn.execute(sa.delete(runs).where(runs.c.id.in_(ids))).rowcount
     report.rejections = _prune_rejections(engine, pipeline, cutoff, gone)
+    with transaction(engine, "prune re-read tokens", write=True) as conn:
+        report.reread_tokens = reread.prune(conn, pipeline)
     log.info("state.pruned", pipeline=pipeline, cutoff=cutoff.isoformat(), runs=report.runs,
-             batches=report.batches, rejections=report.rejections)
+             batches=report.batches, rejections=report.rejections,
+             reread_tokens=report.reread_tokens)
     return report
 
 

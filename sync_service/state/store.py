@@ -56,7 +56,18 @@ from sync_service.models import (
     RunOutcome,
     StoredContact,
 )
-from sync_service.state import batches, codec, consent, leases, schema, sql, tables, upserts
+from sync_service.reread import Seen
+from sync_service.state import (
+    batches,
+    codec,
+    consent,
+    leases,
+    reread,
+    schema,
+    sql,
+    tables,
+    upserts,
+)
 from sync_service.state.engine import DEFAULT_URL, create_state_engine, transaction
 from sync_service.state.records import (
     BatchRecord,
@@ -200,6 +211,18 @@ class StateStore:
                     if hash_ != TOMBSTONE:
                         holders.setdefault(email, []).append(key)
         return {email: sorted(keys) for email, keys in holders.items()}
+
+    def reread_tokens(self, pipeline: str, keys: Sequence[str]) -> dict[str, Seen]:
+        """The re-read skip's view of these keys (``sync_service.reread``): the stored token
+        with the confirmed hash, address and import id; keys with a rejection are absent."""
+        with self._read("reread_tokens") as conn:
+            return reread.seen(conn, pipeline, keys)
+
+    def note_reread(self, pipeline: str, tokens: Mapping[str, str]) -> None:
+        """Store the re-read skip's tokens of these keys."""
+        if tokens:
+            with self._write("note_reread") as conn:
+                reread.note(conn, pipeline, tokens)
 
     def count_contacts(self, pipeline: str) -> int:
         return self._count("count_contacts", contacts, pipeline)

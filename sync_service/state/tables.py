@@ -267,3 +267,15 @@ consent_marks = sa.Table(
     sa.Column("reconciled_at", UtcDateTime, nullable=True),
     sa.Column("updated_at", UtcDateTime, nullable=False),
 )
+
+# The re-read skip (sync_service/reread.py): per key, the token of the last row the sync mapped
+# (its cursor value, the hash it maps to and the pipeline's fingerprint, digested). A token only
+# counts while the key's confirmed hash in ``contacts`` is the one it was made with, so a stale
+# row here is harmless; ``db prune`` drops the rows of keys no longer in ``contacts``.
+reread_tokens = sa.Table(
+    "reread_tokens",
+    metadata,
+    sa.Column("pipeline", sa.String(PIPELINE_LENGTH), primary_key=True),
+    sa.Column("source_key", SafeText, primary_key=True),
+    sa.Column("token", sa.String(32), nullable=False),
+)

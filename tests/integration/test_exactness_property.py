@@ -1,8 +1,10 @@
 """Property: whatever edits a CRM makes while syncs read it in small pages, syncing until quiet
 leaves Mailtrap's list equal to the source and every stored hash equal to what Mailtrap holds.
 
-Edits include hard deletes (``erase``: the row is gone, found by the key scan each run makes
-here, the brake set wide open) and rows coming back under an erased key."""
+Edits include list moves (``plan``: the row's plan picks "Pro customers", "Free users" or
+neither, and each contact must end on exactly its managed lists), hard deletes (``erase``: the
+row is gone, found by the key scan each run makes here, the brake set wide open) and rows coming
+back under an erased key."""
 
 from __future__ import annotations
 
@@ -21,15 +23,17 @@ from sync_service.settings import AppSettings
 from sync_service.testing.mailtrap.double import MailtrapDouble
 from tests.conftest import PG_ENV, _fresh_database, _server_url
 from tests.support.double_fixtures import validating_transport
-from tests.support.people import People, PeopleHarness, _Editor, small_pages
+from tests.support.people import PLAN_LISTS, People, PeopleHarness, _Editor, small_pages
 
 pytestmark = pytest.mark.usefixtures(small_pages.__name__)
 
 KEYS = range(1, 7)
 EMAILS = [f"e{i}@example.com" for i in range(8)]
+PLANS = ["pro", "free", "trial", None]
 
 Edit = tuple[str, int, int]
-_edits = st.tuples(st.sampled_from(["field", "move", "swap", "delete", "erase", "create"]),
+_edits = st.tuples(st.sampled_from(["field", "plan", "move", "swap", "delete", "erase",
+                                    "create"]),
                    st.sampled_from(list(KEYS)), st.integers(0, len(EMAILS) - 1))
 # Per sync: (chunk after which the edit is made, 0 = before the run starts, edit)
 _runs = st.lists(st.lists(st.tuples(st.integers(0, 4), _edits), max_size=6),
@@ -46,6 +50,8 @@ def _apply(src: People, edit: Edit) -> None:
     live = row is not None and not row["deleted"]
     if kind == "field" and live:
         src.update(key, first_name=f"N{pick}")
+    elif kind == "plan" and live:
+        src.update(key, plan=PLANS[pick % len(PLANS)])
     elif kind == "move" and live and free:
         src.update(key, email=free[0])
     elif kind == "swap" and live:
@@ -69,7 +75,10 @@ def _apply(src: People, edit: Edit) -> None:
 
 
 class _ScanningHarness(PeopleHarness):
-    """A key scan on every run, and a brake that never holds (hard deletes are edits here)."""
+    """Lists by plan, a key scan on every run, and a brake that never holds (hard deletes are
+    edits here)."""
+
+    plans = True
 
     def settings(self) -> AppSettings:
         settings = super().settings()
@@ -98,6 +107,8 @@ def _sync(h: PeopleHarness, edits: list[tuple[int, Edit]]) -> None:
 def _until_quiet(state_url: str, source_url: str, runs: list[list[tuple[int, Edit]]],
                  batch_size: int = 50_000) -> None:
     double = MailtrapDouble()
+    for name in ["Customers", *PLAN_LISTS.values()]:  # made here: fewer requests an example
+        double.add_list(name)
     transport = validating_transport(double)
     h = _ScanningHarness(double, transport, People(source_url),  # type: ignore[arg-type]
                       state_url, fetch_size=2, batch_size=batch_size)
@@ -105,7 +116,7 @@ def _until_quiet(state_url: str, source_url: str, runs: list[list[tuple[int, Edi
         src = h.source
         assert isinstance(src, People)
         for key in range(1, 5):
-            src.insert(key, EMAILS[key - 1])
+            src.insert(key, EMAILS[key - 1], plan=PLANS[key % len(PLANS)])
         for edits in runs:
             _sync(h, edits)
         for _ in range(4):
@@ -127,7 +138,7 @@ def _until_quiet(state_url: str, source_url: str, runs: list[list[tuple[int, Edi
 def test_syncing_until_quiet_makes_mailtrap_equal_the_source(
         runs: list[list[tuple[int, Edit]]], batch_size: int) -> None:
     """Random edits between pages of several syncs (imports of 2, 3 or up to 50,000
-    contacts): after syncs until quiet, Mailtrap's list equals the source."""
+    contacts): after syncs until quiet, Mailtrap's lists equal the source."""
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / uuid.uuid4().hex}.db"
         _until_quiet(url.replace(".db", "-state.db"), url, runs, batch_size)

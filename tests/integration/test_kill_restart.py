@@ -2,22 +2,21 @@
 against the Mailtrap double served on 127.0.0.1, killed with SIGKILL in every phase of a run,
 or stopped with SIGTERM/SIGINT.
 
-A ``Tripwire`` in front of the double lets the test strike at a chosen moment: it holds the nth
-request of a kind before or after the double serves it (so the process is killed with that
-request in flight), or tells the test once the answer went out. The source is a SQLite file the
-test edits between runs; the state store is another SQLite file the test reads between runs.
+A ``Tripwire`` (tests.support.tripwire) in front of the double lets the test strike at a chosen
+moment: it holds the nth request of a kind before or after the double serves it (so the process
+is killed with that request in flight), or tells the test once the answer went out. The source
+is a SQLite file the test edits between runs (with list moves and deletions, tests.support.churn,
+for the SIGKILL test); the state store is another SQLite file the test reads between runs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -26,8 +25,9 @@ from typing import Any
 import orjson
 import pytest
 import sqlalchemy as sa
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
+from sync_service.diff import TOMBSTONE
 from sync_service.models import BatchStatus, Position, RunOutcome
 from sync_service.state import StateStore
 from sync_service.state.tables import batches
@@ -39,112 +39,12 @@ from sync_service.testing.mailtrap.double import (
     RateLimits,
     serve,
 )
+from tests.support.churn import UNMANAGED, Churn, ChurnSource, assert_audience, churn
 from tests.support.harness import FIELDS, T0, Source, customers
+from tests.support.tripwire import Tripwire
 
 PIPELINE = "customers"
 REPO = Path(__file__).resolve().parents[2]
-HOLD_LIMIT_S = 15.0  # a held request is let go after this, whatever happens
-
-
-@dataclass
-class _Trap:
-    kind: str  # fields | post | poll | finished_poll
-    nth: int
-    mode: str  # before: held unserved; after: served, answer held; notify: answered, then hit
-    seen: int = 0
-    detail: dict[str, Any] = field(default_factory=dict)
-
-
-class Tripwire:
-    """ASGI middleware in front of the double: strikes at the nth request of a kind."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.trap: _Trap | None = None
-        self.hit = threading.Event()
-        self.release = threading.Event()
-
-    def arm(self, kind: str, nth: int, mode: str) -> _Trap:
-        self.hit.clear()
-        self.release.clear()
-        self.trap = _Trap(kind, nth, mode)
-        return self.trap
-
-    def disarm(self) -> None:
-        self.trap = None
-        self.release.set()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        trap = self.trap
-        kind = _kind(scope)
-        if trap is None or scope["type"] != "http" or kind is None or self.hit.is_set():
-            await self.app(scope, receive, send)
-            return
-        if trap.kind in ("fields", "post", "poll") and kind == trap.kind:
-            trap.seen += 1
-            if trap.seen == trap.nth:
-                await self._strike(trap, scope, receive, send)
-                return
-        if trap.kind == "finished_poll" and kind == "poll":
-            await self._finished_poll(trap, scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-    async def _strike(self, trap: _Trap, scope: Scope, receive: Receive, send: Send) -> None:
-        trap.detail["path"] = scope["path"]
-        if trap.mode == "before":
-            self.hit.set()
-            await self._held()
-            return  # never served: the double does not see it
-        answer: list[Message] = []
-
-        async def keep(message: Message) -> None:
-            answer.append(message)
-
-        await self.app(scope, receive, keep)
-        trap.detail["answer"] = b"".join(m.get("body", b"") for m in answer)
-        if trap.mode == "notify":
-            await _replay(answer, send)
-            self.hit.set()
-            return
-        self.hit.set()
-        await self._held()  # served, but the answer never leaves
-
-    async def _finished_poll(self, trap: _Trap, scope: Scope, receive: Receive,
-                             send: Send) -> None:
-        answer: list[Message] = []
-
-        async def keep(message: Message) -> None:
-            answer.append(message)
-
-        await self.app(scope, receive, keep)
-        await _replay(answer, send)
-        if b'"finished"' in b"".join(m.get("body", b"") for m in answer):
-            trap.seen += 1
-            if trap.seen == trap.nth:
-                trap.detail["path"] = scope["path"]
-                self.hit.set()
-
-    async def _held(self) -> None:
-        deadline = time.monotonic() + HOLD_LIMIT_S
-        while not self.release.is_set() and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-
-
-async def _replay(messages: list[Message], send: Send) -> None:
-    for message in messages:
-        await send(message)
-
-
-def _kind(scope: Scope) -> str | None:
-    path, method = scope.get("path", ""), scope.get("method")
-    if method == "GET" and path.endswith("/contacts/fields"):
-        return "fields"
-    if method == "POST" and path.endswith("/contacts/imports"):
-        return "post"
-    if method == "GET" and "/contacts/imports/" in path:
-        return "poll"
-    return None
 
 
 @dataclass
@@ -175,7 +75,7 @@ token = "100000/10s"
 name = "customers"
 lists = ["Customers"]
 batch_size = 100
-
+{audience}
 [pipelines.source]
 connector = "sql"
 url = "{source}"
@@ -183,9 +83,19 @@ table = "customers"
 key = "id"
 cursor = "updated_at"
 lookback = 0
-
+{deleted}
 [pipelines.mapping.fields]
 {fields}
+"""
+# The audience model on top (the SIGKILL test): lists by plan, soft deletes, a key scan for
+# hard deletes on every run, and a brake that holds more than 100 removals at once.
+AUDIENCE = """on_delete = "remove_from_lists"
+delete_scan_every = 1
+max_delete_count = 100
+
+[pipelines.lists_by_column]
+column = "plan"
+values = { pro = "Pro customers", free = "Free users" }
 """
 
 
@@ -202,16 +112,16 @@ class World:
     started: int = 0
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def start(self) -> subprocess.Popen[bytes]:
-        """`mailtrap-sync sync` in a subprocess, its output in logs/run-N.log (a hung one
-        dumps its threads' stacks there on SIGABRT)."""
+    def start(self, *args: str) -> subprocess.Popen[bytes]:
+        """`mailtrap-sync sync [args]` in a subprocess, its output in logs/run-N.log (a hung
+        one dumps its threads' stacks there on SIGABRT)."""
         self.started += 1
         env = {"MAILTRAP_API_TOKEN": DEFAULT_TOKEN, "PATH": "/usr/bin:/bin",
                "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
         with (self.logs / f"run-{self.started}.log").open("wb") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "sync_service", "--config", str(self.config),
-                 "--log-format", "json", "sync"],
+                 "--log-format", "json", "sync", *args],
                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         self.processes.append(process)
         return process
@@ -227,10 +137,10 @@ class World:
                     process.kill()
                     process.wait(timeout=5)
 
-    def run_clean(self) -> int:
+    def run_clean(self, *args: str) -> int:
         """One run to the end; a lease left by a killed run is waited out (exit 3)."""
         for _ in range(20):
-            code = self.start().wait(timeout=120)
+            code = self.start(*args).wait(timeout=120)
             if code != 3:
                 return code
             time.sleep(0.3)
@@ -241,11 +151,12 @@ class World:
 
 
 def _world(tmp_path: Path, double: MailtrapDouble, pacing: str,
-           state_url: str | None = None) -> Iterator[World]:
+           state_url: str | None = None, *, audience: bool = False) -> Iterator[World]:
     for tag, data_type in FIELDS.items():
         double.add_field(tag, data_type)
     tripwire = Tripwire(double.app)
-    source = Source(f"sqlite:///{tmp_path}/crm.db")
+    source_url = f"sqlite:///{tmp_path}/crm.db"
+    source = ChurnSource(source_url) if audience else Source(source_url)
     state_url = state_url or f"sqlite:///{tmp_path}/state.db"
     store = StateStore.from_url(state_url)
     store.ensure_schema()
@@ -255,7 +166,9 @@ def _world(tmp_path: Path, double: MailtrapDouble, pacing: str,
         config = tmp_path / "mailtrap-sync.toml"
         config.write_text(CONFIG.format(
             state=state_url, api_url=url, account=DEFAULT_ACCOUNT_ID, pacing=pacing,
-            source=source.url, fields="\n".join(f'{t} = "{t}"' for t in FIELDS)))
+            source=source.url, fields="\n".join(f'{t} = "{t}"' for t in FIELDS),
+            audience=AUDIENCE if audience else "",
+            deleted='deleted_column = "deleted"\n' if audience else ""))
         world = World(double, tripwire, source, store, config, logs)
         try:
             yield world
@@ -274,6 +187,14 @@ def world(tmp_path: Path, double: MailtrapDouble) -> Iterator[World]:
     yield from _world(tmp_path, double, pacing="100000/60s")
 
 
+@pytest.fixture
+def churn_world(tmp_path: Path, double: MailtrapDouble) -> Iterator[World]:
+    """The same, over a source with plans and soft deletes, synced with the audience model."""
+    double.import_policy = ImportPolicy(polls_to_finish=None, seconds_to_finish=0.2)
+    double.rate_limits = RateLimits(account_requests=None, token_requests=None)
+    yield from _world(tmp_path, double, pacing="100000/60s", audience=True)
+
+
 # Each phase: (trap kind, mode, smallest nth, largest nth, longest extra delay before the kill).
 PHASES: dict[str, tuple[str, str, int, int, float]] = {
     "reading": ("fields", "notify", 1, 1, 0.03),
@@ -281,24 +202,47 @@ PHASES: dict[str, tuple[str, str, int, int, float]] = {
     "posted_no_id": ("post", "after", 2, 3, 0.0),
     "polling": ("poll", "after", 1, 6, 0.0),
     "committing": ("finished_poll", "notify", 1, 3, 0.015),
+    "unlisting": ("unlist", "after", 1, 1, 0.0),  # the key scan's removals, posted, id lost
 }
 # A kill can orphan at most the one import in flight (accepted by Mailtrap, its id never
 # recorded), and the next run posts those contacts again. "Safe" kills cannot orphan one and do
 # not hold back the first post of their run (which re-posts what the last kill orphaned), so
 # alternating safe and risky kills allows each contact two accepted posts at most.
 SAFE = ["before_post", "polling"] * 4
-RISKY = ["reading", "posted_no_id", "committing", "random", "posted_no_id", "committing",
+RISKY = ["reading", "posted_no_id", "committing", "random", "unlisting", "committing",
          "random"]
 SCHEDULE = [phase for pair in zip(SAFE, RISKY, strict=False) for phase in pair]
+NEWSLETTER = range(1, 3_001, 25)  # keys whose contacts are also on a list the sync leaves alone
 
 
 def _edit(world: World, rng: random.Random, round_: int) -> None:
-    """Changes for the next run: 300 rows edited, 10 new ones (3,000 rows to start with)."""
+    """Changes for the next run: 300 rows edited, then list moves and deletions (see Churn), then
+    10 new rows (3,000 rows to start with)."""
     at = T0 + timedelta(hours=round_ + 1)
     edited = sorted(rng.sample(range(1, 3_001), 300))
     world.source.update(edited, at=at, first_name=f"Edit{round_}")
+    churn(_churning(world), rng, at=at + timedelta(milliseconds=1), tag=str(round_),
+          confirmed=lambda keys: world.store.get_contacts(PIPELINE, keys), spec=Churn())
     new = range(10_000 + 10 * round_, 10_010 + 10 * round_)
     world.source.insert(new, at=at + timedelta(seconds=1))
+
+
+def _churning(world: World) -> ChurnSource:
+    assert isinstance(world.source, ChurnSource)
+    return world.source
+
+
+def _removals(world: World) -> Callable[[bytes], bool]:
+    """Which imports are a key scan's removals: exclusion-only entries for addresses whose
+    keys the source no longer has."""
+    gone = {row["email"] for row in _churning(world).removed.values()}
+
+    def match(body: bytes) -> bool:
+        entries = orjson.loads(body)["contacts"]
+        return all(set(e) == {"email", "list_ids_excluded"} and e["email"] in gone
+                   for e in entries)
+
+    return match
 
 
 def _strike(world: World, rng: random.Random, phase: str) -> tuple[str, dict[str, Any]] | None:
@@ -310,8 +254,9 @@ def _strike(world: World, rng: random.Random, phase: str) -> tuple[str, dict[str
     kind, mode, low, high, delay = PHASES.get(phase, ("", "", 0, 0, 0.0))
     nth = rng.randint(low, high)
     wait = rng.uniform(0.2, 2.0) if phase == "random" else delay * rng.random()
+    match = _removals(world) if kind == "unlist" else None
     for _ in range(20):
-        trap = world.tripwire.arm(kind, nth, mode) if phase != "random" else None
+        trap = world.tripwire.arm(kind, nth, mode, match) if phase != "random" else None
         process = world.start()
         started = time.monotonic()
         while process.poll() is None and time.monotonic() - started < 60:
@@ -333,12 +278,11 @@ def _strike(world: World, rng: random.Random, phase: str) -> tuple[str, dict[str
     raise AssertionError("the pipeline stayed busy")
 
 
-def _keys_after(world: World, position: Position | None) -> set[str]:
-    """Source keys whose current (cursor, key) is after ``position``."""
+def _positions(world: World) -> dict[str, tuple[Any, int]]:
+    """Each source key's current (cursor, key)."""
     with world.source.engine.connect() as conn:
         rows = conn.execute(sa.select(customers.c.id, customers.c.updated_at)).all()
-    return {str(key) for key, cursor in rows
-            if position is None or (cursor, key) > (position.cursor, int(position.key))}
+    return {str(key): (cursor, key) for key, cursor in rows}
 
 
 def _import_id(path: str) -> int:
@@ -347,28 +291,50 @@ def _import_id(path: str) -> int:
 
 def _check_after_kill(world: World, phase: str, detail: dict[str, Any],
                       seen_posted: dict[int, int]) -> None:
-    """What must hold right after a kill: open batches are write-ahead, never behind the mark."""
+    """What must hold right after a kill: open batches are write-ahead, never behind the mark.
+
+    A key the source no longer has (a key-scan removal) has no place in the cursor order: its
+    removal is unconfirmed as long as the state store still tracks it as live, which is what
+    makes the next key scan find it again."""
     open_batches = world.store.open_batches(PIPELINE)
-    after_mark = _keys_after(world, world.watermark())
+    mark, positions = world.watermark(), _positions(world)
+    removals: list[set[str]] = []
     for batch in open_batches:
         keys = {entry.source_key for entry in world.store.batch_entries(batch.id)}
-        assert keys <= after_mark, f"watermark moved past unconfirmed batch {batch.id}"
+        gone = keys - set(positions)
+        assert all(mark is None or positions[k] > (mark.cursor, int(mark.key))
+                   for k in keys - gone), f"watermark moved past unconfirmed batch {batch.id}"
+        stored = world.store.get_contacts(PIPELINE, sorted(gone))
+        assert all(k in stored and stored[k].hash != TOMBSTONE for k in gone), (
+            f"removal in unconfirmed batch {batch.id} recorded as done")
+        if gone == keys:
+            removals.append(gone)
         if batch.status is BatchStatus.POSTED:
             assert batch.import_id is not None
             seen_posted[batch.id] = batch.import_id
     statuses = {b.status for b in open_batches}
-    if phase in ("before_post", "posted_no_id"):
+    if phase in ("before_post", "posted_no_id", "unlisting"):
         assert BatchStatus.PENDING in statuses  # recorded before it was posted
+    if phase == "unlisting":
+        assert removals, "the key scan's removals were posted before they were recorded"
     if phase == "polling":
         polled = _import_id(detail["path"])
         assert polled in {b.import_id for b in open_batches}  # known id, left to poll
 
 
-def test_sigkill_at_any_phase_loses_nothing_and_posts_little(world: World) -> None:
+def test_sigkill_at_any_phase_loses_nothing_and_posts_little(churn_world: World) -> None:
     """Fourteen SIGKILLs, aimed at reading, the gap between recording and posting, a post whose
-    answer is lost, polling and committing, and at random, with rows edited and added before
-    each run: a final clean run leaves Mailtrap equal to the source (every change arrived) and
-    no import was posted more than twice.
+    answer is lost (of rows, and of a key scan's removals), polling and committing, and at
+    random, with rows edited, moved between lists, soft-deleted, removed, brought back and added
+    before each run; then the mass-delete brake holds 101 removals until --allow-mass-delete.
+    At the end Mailtrap equals the source (fields and list memberships; contacts of deleted rows
+    on no managed list, but still on the list the sync does not manage) and no import was posted
+    more than twice.
+
+    The data: 3,000 rows on plans pro/free/trial ("Pro customers", "Free users", no list) and
+    "Customers"; per round 300 fields edited, 30 plan moves, 10 soft deletes, 5 rows removed
+    (found by the key scan each run makes), 1 soft-deleted row removed, 2 soft-deleted rows
+    undeleted, 2 removed keys inserted again, 10 new rows.
 
     "No import posted more than twice": no contact payload (email with its fields and lists,
     exactly as posted) was carried by more than two imports that Mailtrap accepted (see SAFE and
@@ -376,10 +342,14 @@ def test_sigkill_at_any_phase_loses_nothing_and_posts_little(world: World) -> No
     import (one Mailtrap accepted but the state store never learned the id of), every batch
     found posted after a kill is later confirmed under that same import id (polled, not posted
     again), and no import id belongs to two batches. After each kill, every open batch's rows
-    are still after the watermark.
+    are still after the watermark, and its removals of keys gone from the source still undone
+    in the state store.
     """
-    rng = random.Random(20260301)
+    world, rng = churn_world, random.Random(20260301)
     world.source.insert(range(1, 3_001))
+    newsletter = world.double.add_list(UNMANAGED)
+    for key in NEWSLETTER:
+        world.double.add_contact(f"user{key}@example.com", list_ids=[newsletter])
     kills: list[tuple[str, dict[str, Any]]] = []
     seen_posted: dict[int, int] = {}
     for round_, phase in enumerate(SCHEDULE):
@@ -391,16 +361,43 @@ def test_sigkill_at_any_phase_loses_nothing_and_posts_little(world: World) -> No
     assert len(kills) >= 12
     assert {phase for phase, _ in kills} >= {*PHASES, "random"}
 
-    assert world.run_clean() == 0
+    _brake(world, rng)
     assert world.store.open_batches(PIPELINE) == []
-    contacts = world.double.contacts()
-    assert {e: dict(c.fields) for e, c in contacts.items()} == world.source.expected()
-    assert len({frozenset(c.list_ids) for c in contacts.values()}) == 1
+    members = {f"user{key}@example.com" for key in NEWSLETTER}
+    assert_audience(world.double, _churning(world), members)
+    assert _churning(world).gone() & members
     last = world.store.last_run(PIPELINE)
     assert last is not None
     assert last.outcome is RunOutcome.SUCCEEDED
 
     _check_posts(world, kills, seen_posted)
+
+
+def _brake(world: World, rng: random.Random) -> None:
+    """101 more keys removed at once (max_delete_count = 100): a clean run does its other work
+    and exits 1 naming --allow-mass-delete with nobody removed; with the flag they are."""
+    source = _churning(world)
+    at = T0 + timedelta(hours=len(SCHEDULE) + 1)
+    source.update(sorted(rng.sample(range(1, 3_001), 50)), at=at, first_name="Held")
+    stored = world.store.get_contacts(PIPELINE, [str(k) for k in range(1, 3_001)])
+    fresh = [k for k in range(1, 3_001) if k not in source.ever_deleted and str(k) in stored
+             and stored[str(k)].hash != TOMBSTONE]
+    doomed = sorted(fresh, key=lambda k: (k not in NEWSLETTER, k))[:101]
+    source.remove(doomed)
+    source.ever_deleted.update(doomed)
+
+    assert world.run_clean() == 1
+    assert "--allow-mass-delete" in (world.logs / f"run-{world.started}.log").read_text()
+    contacts, customers_id = world.double.contacts(), _list_id(world, "Customers")
+    assert all(customers_id in contacts[f"user{k}@example.com"].list_ids for k in doomed)
+    expected = source.expected()
+    assert {e: dict(contacts[e].fields) for e in expected} == expected  # the other work
+
+    assert world.run_clean("--allow-mass-delete") == 0
+
+
+def _list_id(world: World, name: str) -> int:
+    return next(i for i, found in world.double.lists().items() if found == name)
 
 
 def _check_posts(world: World, kills: list[tuple[str, dict[str, Any]]],
@@ -422,6 +419,32 @@ def _check_posts(world: World, kills: list[tuple[str, dict[str, Any]]],
             payload = repr(sorted((k, repr(v)) for k, v in contact.items()))
             carried[payload] = carried.get(payload, 0) + 1
     assert max(carried.values()) <= 2
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: an abandoned batch (its import accepted, "
+                   "the id lost) leaves its keys' confirmed hashes as they were, so a row set "
+                   "back to them before the next run is judged unchanged and never sent")
+def test_row_set_back_after_a_lost_import_id_is_sent_again(world: World) -> None:
+    """A killed run's import that Mailtrap accepted (its id never recorded) changed 20
+    contacts; the rows are set back to their confirmed values before the next run, which must
+    leave Mailtrap equal to the source."""
+    world.source.insert(range(1, 21))
+    assert world.run_clean() == 0
+    world.source.update(range(1, 21), at=T0 + timedelta(hours=1), first_name="Changed")
+    world.tripwire.arm("post", 1, "after")
+    process = world.start()
+    assert world.tripwire.hit.wait(60), "the run never posted"
+    process.kill()
+    process.wait(timeout=10)
+    world.tripwire.disarm()
+    world.double.finish_imports()
+    assert {c.fields["first_name"] for c in world.double.contacts().values()} == {"Changed"}
+    for key in range(1, 21):
+        world.source.update([key], at=T0 + timedelta(hours=2), first_name=f"First{key}")
+
+    assert world.run_clean() == 0
+    contacts = world.double.contacts()
+    assert {e: dict(c.fields) for e, c in contacts.items()} == world.source.expected()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

@@ -8,6 +8,7 @@ validation, as in ``test_sync_e2e``; the command line where the behaviour is a c
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -30,6 +31,14 @@ from sync_service.testing.mailtrap.double import (
     ImportPolicy,
     MailtrapDouble,
     RateLimits,
+)
+from tests.support.churn import (
+    UNMANAGED,
+    Churn,
+    ChurnHarness,
+    ChurnSource,
+    assert_audience,
+    churn,
 )
 from tests.support.harness import BASE_URL, FIELDS, T0, Harness, Source
 from tests.support.openapi import ValidatingTransport
@@ -100,12 +109,20 @@ class _Unnamed422(httpx.BaseTransport):
         self.inner.close()
 
 
-def test_backfill_of_20000_under_faults_converges_within_the_rate(
-        h: Harness, double: MailtrapDouble, mailtrap_transport: ValidatingTransport) -> None:
-    """5 % 500s, 2 % drops, 429 bursts and 10 % failed imports: a 20,000-contact backfill in
-    batches of 2,000 ends with Mailtrap equal to the source, never above 40 requests / 2 s."""
-    h.batch_size = 2_000
-    h.source.insert(range(1, 20_001))
+@pytest.fixture
+def ch(sqlite_url: str, double: MailtrapDouble,
+       mailtrap_transport: ValidatingTransport) -> Iterator[ChurnHarness]:
+    """The same over a source with plans (lists by column) and soft deletes, scanning keys for
+    hard deletes on every run."""
+    harness = ChurnHarness(double, mailtrap_transport, ChurnSource(sqlite_url),
+                           sqlite_url.replace(".db", "-state.db"))
+    yield harness
+    harness.close()
+
+
+def _faults(double: MailtrapDouble, mailtrap_transport: ValidatingTransport) -> MailtrapClient:
+    """5 % 500s, 2 % drops, 10 % failed imports, and a client paced under 40 requests / 2 s
+    that meets a burst of three 429s every ninth request."""
     double.rate_limits = RateLimits(account_requests=40, account_window=2.0,
                                     token_requests=150, token_window=10.0)
     double.import_policy = ImportPolicy(polls_to_finish=5)
@@ -113,27 +130,85 @@ def test_backfill_of_20000_under_faults_converges_within_the_rate(
     double.faults.import_failure_rate = 0.10
     double.force("drop_before", "500", "drop_after")  # each kind at least once, whatever the RNG
     pacer = Pacer(token=DEFAULT_TOKEN, account_rate="40/2s", token_rate="150/10s")
-    client = MailtrapClient(token=DEFAULT_TOKEN, base_url=BASE_URL, pacer=pacer, max_retries=8,
-                            transport=_Bursts(mailtrap_transport, double, every=9, size=3),
-                            retry_initial=0.01, retry_max=0.2)
+    return MailtrapClient(token=DEFAULT_TOKEN, base_url=BASE_URL, pacer=pacer, max_retries=8,
+                          transport=_Bursts(mailtrap_transport, double, every=9, size=3),
+                          retry_initial=0.01, retry_max=0.2)
 
-    result = _job(h, client).run(RunKind.BACKFILL)
+
+def test_backfill_of_20000_under_faults_converges_within_the_rate(
+        ch: ChurnHarness, double: MailtrapDouble, mailtrap_transport: ValidatingTransport) -> None:
+    """5 % 500s, 2 % drops, 429 bursts and 10 % failed imports: a 20,000-contact backfill in
+    batches of 2,000 (lists by plan) ends with Mailtrap equal to the source, and so does the
+    next sync of 1,000 list moves, 300 soft and 300 hard deletes (key scan), purges and keys
+    coming back, memberships included; never above 40 requests / 2 s."""
+    ch.batch_size = 2_000
+    ch.crm.insert(range(1, 20_001))
+    newsletter = double.add_list(UNMANAGED)
+    members = {f"user{i}@example.com" for i in range(1, 20_001, 40)}
+    for email in members:
+        double.add_contact(email, list_ids=[newsletter])
+    client = _faults(double, mailtrap_transport)
+
+    result = _job(ch, client).run(RunKind.BACKFILL)
 
     assert result.outcome is RunOutcome.SUCCEEDED, result.error
-    assert h.mailtrap_view() == h.source.expected()
-    assert h.store.count_contacts(PIPELINE) == 20_000
-    assert h.store.open_batches(PIPELINE) == []
-    requests = double.requests()
-    assert {"500", "drop_before", "drop_after", "429"} <= {r.fault for r in requests}
+    assert_audience(double, ch.crm, members)
+    assert ch.store.count_contacts(PIPELINE) == 20_000
+    assert ch.store.open_batches(PIPELINE) == []
     assert any(i.status == "failed" for i in double.imports())
     assert result.counts["imports_failed"] >= 1
+    for round_, spec in enumerate([Churn(moves=1_000, soft=300, hard=300, purge=0, back=0),
+                                   Churn(moves=300, soft=100, hard=100, purge=50, back=60)]):
+        done = churn(ch.crm, random.Random(round_), at=T0 + timedelta(hours=round_ + 1),
+                     tag=str(round_), spec=spec,
+                     confirmed=lambda keys: ch.store.get_contacts(PIPELINE, keys))
+        assert [len(done[kind]) for kind in ("soft", "hard", "purge", "reinserted")] == [
+            spec.soft, spec.hard, spec.purge, spec.back]
+
+        churned = _job(ch, client).run()
+
+        assert churned.outcome is RunOutcome.SUCCEEDED, churned.error
+        assert churned.counts["key_scans"] == 1
+    assert_audience(double, ch.crm, members)
+    assert ch.crm.gone() & members  # some of them left the managed lists, kept this one
+    requests = double.requests()
+    assert {"500", "drop_before", "drop_after", "429"} <= {r.fault for r in requests}
     assert double.max_requests_in_window(2.0, contacts_only=True) <= 40
     assert double.max_requests_in_window(10.0, token=DEFAULT_TOKEN) <= 150
     assert [r for r in requests if r.status == 429 and r.fault is None] == []
     posts_before = len(_posts(double))
     double.faults.error_rate = double.faults.drop_rate = 0.0
-    assert _job(h).run().outcome is RunOutcome.SUCCEEDED
+    assert _job(ch).run().outcome is RunOutcome.SUCCEEDED
     assert len(_posts(double)) == posts_before
+
+
+def test_hard_deletes_under_faults_delete_the_contacts(
+        ch: ChurnHarness, double: MailtrapDouble, mailtrap_transport: ValidatingTransport) -> None:
+    """With on_delete = "delete", under the same faults: 1,000 contacts, then 20 rows removed
+    (their contacts deleted in Mailtrap), 20 soft-deleted and 100 list moves, then removed keys
+    coming back (created again): Mailtrap equals the source, memberships included."""
+    ch.batch_size, ch.on_delete = 500, "delete"
+    ch.crm.insert(range(1, 1_001))
+    client = _faults(double, mailtrap_transport)
+    assert _job(ch, client).run(RunKind.BACKFILL).outcome is RunOutcome.SUCCEEDED
+    removed: set[str] = set()
+    for round_, spec in enumerate([Churn(moves=100, soft=20, hard=20, purge=0, back=0),
+                                   Churn(moves=30, soft=10, hard=10, purge=10, back=15)]):
+        done = churn(ch.crm, random.Random(round_), at=T0 + timedelta(hours=round_ + 1),
+                     tag=str(round_), spec=spec,
+                     confirmed=lambda keys: ch.store.get_contacts(PIPELINE, keys))
+        removed = (removed | {f"user{k}@example.com" for k in done["hard"]}) - {
+            f"user{k}@example.com" for k in done["reinserted"]}
+
+        result = _job(ch, client).run()
+
+        assert result.outcome is RunOutcome.SUCCEEDED, result.error
+        assert result.counts["contacts_deleted"] == spec.hard
+        assert removed.isdisjoint(double.contacts())
+        assert_audience(double, ch.crm)
+    deletes = [r for r in double.requests() if r.method == "DELETE"]
+    assert {r.status for r in deletes} >= {204}
+    assert any(r.fault is not None for r in deletes)
 
 
 def test_import_that_keeps_failing_is_split_then_recorded_failed(

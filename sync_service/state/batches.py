@@ -23,6 +23,8 @@ from sync_service.state.tables import batch_contacts, batches, contacts, encode_
 
 OPEN = (BatchStatus.PENDING, BatchStatus.POSTED)
 CLOSING = (BatchStatus.FAILED, BatchStatus.ABANDONED)
+# The hash of a key whose last batch closed unconfirmed: it matches no contact (see _unsettle).
+UNKNOWN = "unknown"
 
 bc = batch_contacts
 _ROW_COLUMNS = (bc.c.batch_id, bc.c.email, bc.c.source_key, bc.c.kind, bc.c.hash)
@@ -117,8 +119,36 @@ def fail(
 ) -> None:
     if status not in CLOSING:
         raise ValueError(f"fail_batch takes FAILED or ABANDONED, not {status.value}")
-    load_open(conn, batch_id, f"mark as {status.value}")
+    batch = load_open(conn, batch_id, f"mark as {status.value}")
+    _unsettle(conn, batch_id, batch.pipeline, now, claim=status is BatchStatus.ABANDONED)
     _close(conn, batch_id, now, status=status, error=error)
+
+
+def _unsettle(conn: Connection, batch_id: int, pipeline: str, now: datetime, *,
+              claim: bool) -> None:
+    """A batch closed unconfirmed may still have reached Mailtrap (an import accepted whose id
+    was lost, an import Mailtrap forgot, a failed import applied in part): the confirmed state
+    of its keys no longer says what Mailtrap holds. Their hash becomes ``UNKNOWN``, which no
+    contact hashes to, so the next read of each row sends it again (an upsert: harmless if
+    nothing arrived). With ``claim`` (an abandoned batch, which Mailtrap may have applied in
+    full), a key that had no confirmed contact gets one at the address the batch carried, so a
+    deletion before its row is sent again still takes that address off the lists; a failed
+    import is not taken to have created anyone."""
+    in_batch = sa.select(bc.c.source_key).where(bc.c.batch_id == batch_id)
+    conn.execute(sa.update(contacts)
+                 .where(contacts.c.pipeline == pipeline, contacts.c.source_key.in_(in_batch))
+                 .values(hash=UNKNOWN))
+    if not claim:
+        return
+    known = sa.exists().where(contacts.c.pipeline == pipeline,
+                              contacts.c.source_key == bc.c.source_key)
+    conn.execute(sa.insert(contacts).from_select(
+        ["pipeline", "source_key", "email", "hash", "updated_at", "import_id"],
+        sa.select(sa.literal(pipeline, contacts.c.pipeline.type), bc.c.source_key, bc.c.email,
+                  sa.literal(UNKNOWN, contacts.c.hash.type),
+                  sa.literal(now, contacts.c.updated_at.type),
+                  sa.literal(None, contacts.c.import_id.type))
+        .where(bc.c.batch_id == batch_id, bc.c.hash.is_not(None), ~known)))
 
 
 def remove(conn: Connection, batch_id: int, emails: Sequence[str]) -> int:

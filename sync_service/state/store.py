@@ -340,7 +340,8 @@ class StateStore:
     def fail_batch(
         self, batch_id: int, error: str, status: BatchStatus = BatchStatus.FAILED
     ) -> None:
-        """Close the batch as FAILED or ABANDONED; stored hashes stay as they were."""
+        """Close the batch as FAILED or ABANDONED. Its keys' confirmed hashes become
+        ``unknown`` (it may have reached Mailtrap in part), so their rows are sent again."""
         with self._write("fail_batch") as conn:
             batches.fail(conn, batch_id, error, status, sql.now(conn))
 

@@ -120,13 +120,24 @@ def test_confirm_is_all_or_nothing_when_the_watermark_write_fails(
     assert store.count_rejections("p") == 1
 
 
-def test_fail_batch_leaves_hashes_as_they_were(store: StateStore, run_id: int) -> None:
-    """fail_batch closes the batch with its error and commits none of its hashes."""
-    confirm(store, run_id, [entry("1")], 1)
+def test_fail_batch_commits_no_hash_and_marks_its_keys_unknown(
+        store: StateStore, run_id: int) -> None:
+    """fail_batch closes the batch with its error and commits none of its hashes; since the
+    import may have reached Mailtrap in part, its keys' state becomes ``unknown``, so their
+    rows are sent again; other keys keep theirs. Abandoned (the id lost), a key with no state
+    gets one at the batch's address; failed, it does not."""
+    confirm(store, run_id, [entry("1"), entry("3")], 1)
     batch_id = store.record_batch("p", run_id, [entry("1", digest="h2"), entry("2")])
     store.mark_batch_posted(batch_id, 2)
     store.fail_batch(batch_id, "import 2 ended failed")
-    assert store.get_contacts("p", ["1", "2"]) == {"1": StoredContact("1", "1@example.com", "h1")}
+    assert store.get_contacts("p", ["1", "2", "3"]) == {
+        "1": StoredContact("1", "1@example.com", "unknown"),
+        "3": StoredContact("3", "3@example.com", "h1")}
+    lost = store.record_batch("p", run_id, [entry("3", digest="h2"), entry("4")])
+    store.fail_batch(lost, "never got an import id", status=BatchStatus.ABANDONED)
+    assert store.get_contacts("p", ["3", "4"]) == {
+        "3": StoredContact("3", "3@example.com", "unknown"),
+        "4": StoredContact("4", "4@example.com", "unknown")}
     batch = store.get_batch(batch_id)
     assert (batch.status, batch.error) == (BatchStatus.FAILED, "import 2 ended failed")
     assert store.batch_entries(batch_id) == []

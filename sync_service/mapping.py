@@ -165,6 +165,8 @@ def _in_range(number: int | Decimal | float, value: Any) -> int:
 
 
 def _as_integer(value: Any) -> int:
+    if type(value) is int and -INTEGER_LIMIT <= value <= INTEGER_LIMIT:
+        return value  # nearly every value: what the checks below would give
     if isinstance(value, bool):
         raise ValueError("is a boolean, not an integer")
     if isinstance(value, int):
@@ -219,6 +221,8 @@ def _as_boolean(value: Any) -> bool:
 
 
 def _as_date(value: Any) -> str:
+    if type(value) is date:
+        return value.isoformat()  # as below (a datetime is a date too, hence ``type``)
     if isinstance(value, datetime):
         return value.date().isoformat()
     if isinstance(value, date):
@@ -294,6 +298,10 @@ class Mapper:
             if raw is None:
                 if data_type == "text":
                     typed[tag] = ""
+                continue
+            if (convert is _as_text and type(raw) is str and raw.isascii()
+                    and len(raw) <= TEXT_LIMIT and "\x00" not in raw):
+                typed[tag] = raw  # _as_text's own fast path, without the call
                 continue
             try:
                 typed[tag] = convert(raw)

@@ -210,7 +210,7 @@ def run_sql(n: int, repeat: int, seed: int) -> dict[str, Any]:
     import tempfile
     from pathlib import Path
 
-    from connectors.sql import SqlConnector, SqlSourceSettings
+    from sync_service.connectors.sql import SqlConnector, SqlSourceSettings
     from sync_service.logging import configure
 
     configure(level="WARNING")

@@ -13,6 +13,11 @@ state store, measured by bench_sync.py). The mapper's per-domain validation cach
 each repeat, so every repeat pays what a fresh process (a cron run) pays.
 
     .venv/bin/python bench/bench_diff.py [--rows 100000] [--repeat 3] [--json] [--profile]
+
+``--sql`` times the per-row layers from a SQLite table instead (issue 11): the SQL connector's
+read, ``Differ.map`` with a cold and a warm domain cache, and ``Differ.decide`` against an empty
+and an all-confirmed view, chunked as the job, in CPU seconds of this process (on a shared
+machine they move less with the load than wall time). No state store, no delivery.
 """
 
 from __future__ import annotations
@@ -24,9 +29,19 @@ import time
 from contextlib import suppress
 from typing import Any
 
-from common import FIELD_TYPES, FIELDS, emit_json, machine, median_of, people, profile, table
+from common import (
+    FIELD_TYPES,
+    FIELDS,
+    create_source,
+    emit_json,
+    machine,
+    median_of,
+    people,
+    profile,
+    table,
+)
 
-from sync_service.diff import Change, Differ, Mapped
+from sync_service.diff import Change, Differ, Mapped, Pending, View
 from sync_service.job import READ_CHUNK
 from sync_service.mapping import (
     Mapper,
@@ -157,6 +172,80 @@ def run(n: int, repeat: int, seed: int) -> dict[str, Any]:
             "machine": host}
 
 
+SQL_LAYERS = ("connector read", "map+hash, cold", "map+hash, warm", "decide, first sync",
+              "decide, no change")
+
+
+def _sql_pass(differ: Differ, records: Any, times: dict[str, float]) -> None:
+    """One read of the table, each chunk mapped twice and decided twice (CPU seconds)."""
+    clock = time.process_time
+    _domain_problem.cache_clear()
+    while True:
+        started = clock()
+        chunk = [record for _, record in zip(range(READ_CHUNK), records, strict=False)]
+        mapped_at = clock()
+        times["connector read"] += mapped_at - started
+        if not chunk:
+            return
+        differ.map(chunk)
+        warm_at = clock()
+        mapped = differ.map(chunk)
+        decided_at = clock()
+        for item in mapped:
+            differ.decide(item, View(), Pending())
+        confirmed_at = clock()
+        stored, owners = _confirmed(mapped)
+        view = View(stored=stored, holders={email: [key] for email, key in owners.items()})
+        pending = Pending()
+        again_at = clock()
+        for item in mapped:
+            differ.decide(item, view, pending)
+        times["decide, no change"] += clock() - again_at
+        times["decide, first sync"] += confirmed_at - decided_at
+        times["map+hash, warm"] += decided_at - warm_at
+        times["map+hash, cold"] += warm_at - mapped_at
+
+
+def run_sql(n: int, repeat: int, seed: int) -> dict[str, Any]:
+    import tempfile
+    from pathlib import Path
+
+    from sync_service.connectors.sql import SqlConnector, SqlSourceSettings
+    from sync_service.logging import configure
+
+    configure(level="WARNING")
+    host = machine()
+    with tempfile.TemporaryDirectory(prefix="mts-diff-") as tmp:
+        create_source(Path(tmp) / "crm.db", n, seed=seed)
+        connector = SqlConnector(SqlSourceSettings(
+            url=f"sqlite:///{Path(tmp) / 'crm.db'}", table="customers", key="id",
+            cursor="updated_at"))
+        samples: dict[str, list[float]] = {name: [] for name in SQL_LAYERS}
+        try:
+            for _ in range(repeat):
+                gc.collect()
+                times = dict.fromkeys(SQL_LAYERS, 0.0)
+                _sql_pass(Differ(_mapper()), iter(connector.read(None)), times)
+                for name, seconds in times.items():
+                    samples[name].append(seconds)
+        finally:
+            connector.close()
+    median = {name: median_of(values) for name, values in samples.items()}
+    return {"benchmark": "bench_diff --sql", "rows": n, "repeat": repeat, "cpu_s_median": median,
+            "cpu_s_all": samples, "machine": host}
+
+
+def _print_sql(result: dict[str, Any]) -> None:
+    n = result["rows"]
+    rows = [(name, seconds, n / seconds, seconds / n * 1e6,
+             " ".join(f"{s:.2f}" for s in result["cpu_s_all"][name]))
+            for name, seconds in result["cpu_s_median"].items()]
+    print(f"per-row layers from SQLite, {n:,} rows, CPU s, median of {result['repeat']} "
+          f"({result['machine']['cpus']} CPUs, Python {result['machine']['python']}, load "
+          f"{result['machine']['loadavg_1m_at_start']})")
+    print(table(("layer", "cpu s", "rows/s", "µs/row", "all runs"), rows))
+
+
 def _print(result: dict[str, Any]) -> None:
     n = result["rows"]
     rows = [(f"  {name}" if name.endswith(" alone") else name, seconds, n / seconds,
@@ -179,7 +268,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--profile", action="store_true",
                         help="profile one map+hash+diff pass (cProfile, by own time)")
+    parser.add_argument("--sql", action="store_true",
+                        help="time the per-row layers from a SQLite table (CPU seconds)")
     args = parser.parse_args(argv)
+    if args.sql:
+        result = run_sql(args.rows, args.repeat, args.seed)
+        if args.json:
+            emit_json(result)
+        else:
+            _print_sql(result)
+        return 0
     if args.profile:
         records = _records(args.rows, args.seed)
         chunks = [records[i:i + READ_CHUNK] for i in range(0, args.rows, READ_CHUNK)]

@@ -151,10 +151,11 @@ class SqlConnector:
         else:
             first = self._first_condition(shape, since)
         order = (shape.cursor, shape.key)
-        classes: dict[str, int] = {}
+        classes: dict[type, str] = {}  # the ordering class of each type of cursor value read
         for record in self._pages(shape, first, order, lambda r: _after(shape, r.cursor, r.key)):
             count += 1
-            _same_order_class(shape, record.cursor, classes)
+            if type(record.cursor) not in classes:
+                _same_order_class(shape, record.cursor, classes)
             yield record
         self._report_null_keys(shape, since)
         log.info("sql.read_finished", source=shape.label, rows=count)
@@ -225,7 +226,7 @@ class SqlConnector:
                 if not _bad_utf8(conn, exc):
                     raise
                 return self._undecodable(shape, _lenient_text_page(conn, stmt, shape))
-        return [shape.record(row) for row in rows]
+        return shape.records(rows)
 
     def _undecodable(self, shape: SourceShape, records: list[SourceRecord]
                      ) -> list[SourceRecord]:
@@ -368,14 +369,16 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def _same_order_class(shape: SourceShape, cursor: Any, seen: dict[str, int]) -> None:
-    """Cursor values of two ordering classes in one read: a ConfigError (see sql_guards)."""
+def _same_order_class(shape: SourceShape, cursor: Any, seen: dict[type, str]) -> None:
+    """Cursor values of two ordering classes in one read: a ConfigError (see sql_guards).
+
+    A value's class depends only on its type, so ``seen`` keeps one entry per type read."""
     if cursor is None:
         return
-    kind = order_class(cursor)
-    seen[kind] = seen.get(kind, 0) + 1
-    if len(seen) > 1:
-        raise mixed_cursor(shape, dict.fromkeys(seen, 0))
+    seen[type(cursor)] = order_class(cursor)
+    kinds = set(seen.values())
+    if len(kinds) > 1:
+        raise mixed_cursor(shape, dict.fromkeys(kinds, 0))
 
 
 def _after(shape: SourceShape, cursor: Any, key: Any) -> _Condition:

@@ -78,6 +78,27 @@ class SourceShape:
         deleted = self.deleted_name is not None and is_deleted(values[self.deleted_name])
         return SourceRecord(values[self.key_name], cursor, values, deleted, problem)
 
+    def records(self, rows: Sequence[Sequence[Any]]) -> list[SourceRecord]:
+        """``record`` of each row of a page, with what does not change per row worked out once
+        (issue 11: this runs for every row the connector reads)."""
+        names, width = self.names, len(self.names)
+        key_at, cursor_at = names.index(self.key_name), names.index(self.cursor_name)
+        deleted_at = None if self.deleted_name is None else names.index(self.deleted_name)
+        writer, tolerant = self.cursor_as_text, self.tolerant
+        records: list[SourceRecord] = []
+        append = records.append
+        for row in rows:
+            if tolerant and any(isinstance(value, Undecodable) for value in row):
+                append(self.record(row))
+                continue
+            cursor = row[cursor_at]
+            if writer is not None and cursor is not None and writer(cursor) != row[width]:
+                self._check_text(writer, cursor, row[width])
+            deleted = deleted_at is not None and is_deleted(row[deleted_at])
+            append(SourceRecord(row[key_at], cursor, dict(zip(names, row, strict=False)),
+                                deleted))
+        return records
+
     def _undecodable(self, values: dict[str, Any], failed: dict[str, Undecodable]
                      ) -> SourceRecord:
         """A PostgreSQL row holding 'infinity' or a BC date: rejected naming key and column."""

@@ -44,12 +44,14 @@ from sync_service.models import (
     RejectKind,
     SourceRecord,
     StoredContact,
+    value,
 )
 
 TOMBSTONE = "deleted"
+_EXCLUSIONS_KEPT = 1_024  # combinations of lists whose exclusions are remembered
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Change:
     """What one source record means: entries to send, or a rejection, or nothing."""
 
@@ -64,7 +66,7 @@ class Change:
     still_refused: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Mapped:
     """A record with the contact it maps to (and its hash), or the reason it cannot be sent."""
 
@@ -74,7 +76,7 @@ class Mapped:
     rejection: Rejection | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class OnRecord:
     """A rejection the state store holds for a key: its kind, and the hash Mailtrap refused."""
 
@@ -125,27 +127,29 @@ class Differ:
     def __init__(self, mapper: Mapper, *, resend: bool = False) -> None:
         self.mapper = mapper
         self.resend = resend
+        self._exclusions: dict[tuple[int, ...], tuple[int, ...]] = {}
 
     def map(self, records: Iterable[SourceRecord]) -> list[Mapped]:
         """Map and hash each record once; the job then looks up owners of the emails."""
-        mapped = []
+        mapped: list[Mapped] = []
+        append, contact_of = mapped.append, self.mapper.contact  # once, not per row
         for record in records:
             if record.deleted:
-                mapped.append(Mapped(record))
+                append(Mapped(record))
                 continue
             if record.problem is not None:  # a value the connector could not decode
-                mapped.append(Mapped(record, rejection=Rejection(
+                append(Mapped(record, rejection=Rejection(
                     record.key_str, None, RejectKind.INVALID_VALUE, record.problem)))
                 continue
             try:
-                contact = self.mapper.contact(record.values)
+                contact = contact_of(record.values)
             except MappingRejected as exc:
                 raw = record.values.get(self.mapper.email_column)
                 email = str(raw) if raw is not None else None
-                mapped.append(Mapped(record, rejection=Rejection(
+                append(Mapped(record, rejection=Rejection(
                     record.key_str, email, exc.kind, exc.reason)))
                 continue
-            mapped.append(Mapped(record, contact, contact_hash(contact)))
+            append(Mapped(record, contact, contact_hash(contact)))
         return mapped
 
     def diff(
@@ -200,10 +204,19 @@ class Differ:
         entries.append(ImportEntry(
             source_key=key, email=contact.email, kind=kind, fields=contact.fields,
             list_ids_included=contact.list_ids, hash=digest,
-            list_ids_excluded=tuple(i for i in self.mapper.managed_ids
-                                    if i not in contact.list_ids),
+            list_ids_excluded=self._excluded(contact.list_ids),
         ))
         return Change(record.position, key, kind, entries=tuple(entries))
+
+    def _excluded(self, included: tuple[int, ...]) -> tuple[int, ...]:
+        """The managed lists a contact on ``included`` leaves (kept per combination of lists:
+        rows share a handful of them)."""
+        excluded = self._exclusions.get(included)
+        if excluded is None:
+            excluded = tuple(i for i in self.mapper.managed_ids if i not in included)
+            if len(self._exclusions) < _EXCLUSIONS_KEPT:
+                self._exclusions[included] = excluded
+        return excluded
 
     def _deleted(self, record: SourceRecord, stored: StoredContact | None, view: View,
                  pending: Pending) -> Change:
@@ -225,8 +238,11 @@ class Differ:
     def _live_holder(self, email: str, key: str, view: View, pending: Pending) -> str | None:
         """The smallest other key that holds ``email`` and whose source row still has it."""
         taker = pending.takes.get(email)
+        holders = view.holders.get(email)
+        if (taker is None or taker == key) and (not holders or holders == [key]):
+            return None  # nearly every row: nobody else holds the address
         found = [taker] if taker is not None and taker != key else []
-        found += [k for k in view.holders.get(email, ()) if k != key
+        found += [k for k in holders or () if k != key
                   and self._holds(k, email, view, pending, check_live=True)]
         return min(found) if found else None
 

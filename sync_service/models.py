@@ -3,6 +3,12 @@
 Nothing here does I/O. Source keys travel as strings once they leave the connector (``key_str``);
 cursor values and keys keep their source types inside ``Position`` so that a watermark compares
 the same way the source orders rows.
+
+The values built for every source row (``Position``, ``SourceRecord``, ``Contact``,
+``ImportEntry``, ``Rejection``, ``StoredContact``, and ``diff``'s ``Change`` and ``Mapped``) are
+``@value`` classes: immutable to the type checker, compared and hashed field by field, but built
+at run time like plain slotted dataclasses (issue 11: a frozen dataclass's ``__init__`` costs about
+three times as much, and a million rows build several million of these).
 """
 
 from __future__ import annotations
@@ -13,14 +19,24 @@ from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from itertools import islice
-from typing import Any, TypeVar
+from typing import Any, TypeVar, dataclass_transform
 
 # What a Mailtrap custom field value may be once typed for JSON (dates as yyyy-mm-dd strings).
 FieldValue = str | int | float | bool | None
 CursorValue = datetime | date | int | float | Decimal | str
 
+_V = TypeVar("_V")
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass_transform(frozen_default=True, field_specifiers=(field,))
+def value(cls: type[_V]) -> type[_V]:
+    """A small immutable value class (see the module docstring): frozen for mypy, whose strict
+    check rejects any assignment to a field; at run time a slotted dataclass with the equality
+    and field-wise hash a frozen one has, without the per-field ``object.__setattr__``."""
+    return dataclass(slots=True, unsafe_hash=True)(cls)
+
+
+@value
 class Position:
     """A place in the source's (cursor, key) order; the watermark is one of these."""
 
@@ -28,7 +44,7 @@ class Position:
     key: Any
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class SourceRecord:
     """One row as a connector yields it, in (cursor, key) order.
 
@@ -42,17 +58,28 @@ class SourceRecord:
     values: Mapping[str, Any]
     deleted: bool = False
     problem: str | None = None
+    # Computed on first use and kept: the job asks for both several times per row.
+    _key_str: str | None = field(default=None, init=False, repr=False, compare=False)
+    _position: Position | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def key_str(self) -> str:
-        return str(self.key)
+        text = self._key_str
+        if text is None:
+            text = str(self.key)
+            object.__setattr__(self, "_key_str", text)
+        return text
 
     @property
     def position(self) -> Position:
-        return Position(self.cursor, self.key)
+        position = self._position
+        if position is None:
+            position = Position(self.cursor, self.key)
+            object.__setattr__(self, "_position", position)
+        return position
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Contact:
     """The contact a source record should become in Mailtrap."""
 
@@ -77,7 +104,7 @@ class RejectKind(StrEnum):
     MAILTRAP = "mailtrap"  # Mailtrap refused the contact (422 on an import)
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ImportEntry:
     """One element of an import's ``contacts`` array, plus what the job must remember of it.
 
@@ -103,7 +130,7 @@ class ImportEntry:
         return body
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Rejection:
     """A record that will not be sent (or that Mailtrap refused), with the reason on record."""
 
@@ -116,7 +143,7 @@ class Rejection:
     hash: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class StoredContact:
     """What the state store knows of one source key: the last email and hash Mailtrap confirmed."""
 

@@ -11,6 +11,9 @@ next and performs it. The decisions (design.md, invariants 1 and 8):
 * an import that ends over the quota stops the run; one that ends ``failed`` is posted again,
   from the second failure in halves, and the run stops at ``MAX_IMPORT_FAILURES``
   (``result_plan``, ``failed_import_plan``).
+
+It also keeps the clock of each import in flight (``PollClock``): when it is polled next, and
+when waiting for it is given up.
 """
 
 from __future__ import annotations
@@ -126,6 +129,37 @@ def failed_import_plan(part: Sequence[ImportEntry], import_id: int, failures: in
     if failures >= 2 and half:
         return Plan(parts=(tuple(part[:half]), tuple(part[half:])))
     return Plan(parts=(tuple(part),))
+
+
+@dataclass
+class PollClock:
+    """When one import in flight is polled next: as soon as it was posted, then after
+    ``interval``, growing by half each time up to ``max_interval`` (as ``wait_for_import``
+    does); past ``deadline`` it is given up on (the batch stays posted for a later run). Times
+    are ``time.monotonic()`` seconds."""
+
+    due: float
+    interval: float
+    max_interval: float
+    deadline: float
+
+    @classmethod
+    def start(cls, now: float, *, interval: float, max_interval: float,
+              timeout: float) -> PollClock:
+        return cls(now, interval, max_interval, now + timeout)
+
+    def wait(self, now: float) -> float:
+        """Seconds until the next poll is due (0 when it is)."""
+        return max(0.0, self.due - now)
+
+    def polled(self, now: float) -> bool:
+        """After a poll that found the import still running: schedule the next one; False when
+        it would fall past the deadline."""
+        if now + self.interval > self.deadline:
+            return False
+        self.due = now + self.interval
+        self.interval = min(self.interval * 1.5, self.max_interval)
+        return True
 
 
 _QUOTA = re.compile(r"contacts?\b.*\blimit|\blimit\b.*\bcontacts?", re.IGNORECASE)

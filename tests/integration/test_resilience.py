@@ -80,6 +80,26 @@ class _Bursts(httpx.BaseTransport):
         self.inner.close()
 
 
+class _FailPending(httpx.BaseTransport):
+    """The first time an import is posted while ``running`` others still run, tells the double
+    to fail all of those (a failure whatever the seeded draws, with other imports in flight)."""
+
+    def __init__(self, inner: httpx.BaseTransport, double: MailtrapDouble, running: int) -> None:
+        self.inner, self.double, self.running, self.done = inner, double, running, False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if (not self.done and request.method == "POST"
+                and request.url.path.endswith(IMPORTS_PATH)):
+            running = [i for i in self.double.imports() if i.status in ("created", "started")]
+            if len(running) >= self.running:
+                self.done = True
+                self.double.finish_imports(failed=True)
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 class _Unnamed422(httpx.BaseTransport):
     """Rewrites the emails a 422 names: blanks them, or respells them as Mailtrap might."""
 
@@ -102,8 +122,9 @@ class _Unnamed422(httpx.BaseTransport):
 
 def test_backfill_of_20000_under_faults_converges_within_the_rate(
         h: Harness, double: MailtrapDouble, mailtrap_transport: ValidatingTransport) -> None:
-    """5 % 500s, 2 % drops, 429 bursts and 10 % failed imports: a 20,000-contact backfill in
-    batches of 2,000 ends with Mailtrap equal to the source, never above 40 requests / 2 s."""
+    """5 % 500s, 2 % drops, 429 bursts and 10 % failed imports (plus, once, every import running
+    when another is posted failed: failures with others in flight): a 20,000-contact backfill
+    in batches of 2,000 ends with Mailtrap equal to the source, never above 40 requests / 2 s."""
     h.batch_size = 2_000
     h.source.insert(range(1, 20_001))
     double.rate_limits = RateLimits(account_requests=40, account_window=2.0,
@@ -114,7 +135,8 @@ def test_backfill_of_20000_under_faults_converges_within_the_rate(
     double.force("drop_before", "500", "drop_after")  # each kind at least once, whatever the RNG
     pacer = Pacer(token=DEFAULT_TOKEN, account_rate="40/2s", token_rate="150/10s")
     client = MailtrapClient(token=DEFAULT_TOKEN, base_url=BASE_URL, pacer=pacer, max_retries=8,
-                            transport=_Bursts(mailtrap_transport, double, every=9, size=3),
+                            transport=_Bursts(_FailPending(mailtrap_transport, double, 1),
+                                              double, every=9, size=3),
                             retry_initial=0.01, retry_max=0.2)
 
     result = _job(h, client).run(RunKind.BACKFILL)

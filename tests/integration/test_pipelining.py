@@ -74,8 +74,9 @@ class _PipedPeople(PeopleHarness):
 @pytest.fixture
 def h(sqlite_url: str, double: MailtrapDouble,
       mailtrap_transport: ValidatingTransport) -> Iterator[_Piped]:
-    """500 rows in batches of 100, imports taking 0.3 s, three batches in flight at most."""
-    double.import_policy = ImportPolicy(polls_to_finish=None, seconds_to_finish=0.3)
+    """500 rows in batches of 100, imports taking 1 s (far longer than reading a batch, even
+    on a busy machine), three batches in flight at most."""
+    double.import_policy = ImportPolicy(polls_to_finish=None, seconds_to_finish=1.0)
     harness = _Piped(double, mailtrap_transport, Source(sqlite_url),
                      sqlite_url.replace(".db", "-state.db"), batch_size=100)
     harness.source.insert(range(1, 501))

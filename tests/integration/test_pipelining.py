@@ -273,21 +273,24 @@ def test_failed_imports_with_others_in_flight_are_posted_again_in_order(h: _Pipe
 
 
 def test_over_quota_stops_posting_and_finishes_the_imports_in_flight(h: _Piped) -> None:
-    """The contact quota fills up at the third import: the run fails, posts nothing more, polls
-    the imports still in flight to their end (none stays open), and the watermark stays after
-    the last batch confirmed in order; with room again, the next run sends the rest."""
-    h.double.max_contacts = 250
+    """The contact quota fills up at the second import while the third is out: the run fails,
+    posts nothing more, polls the import in flight behind it to its end (none stays open), and
+    the watermark stays after the first batch; with room again, the next run sends the rest."""
+    h.double.max_contacts = 150
 
     failed = h.job_with(_Watch(h.transport, h.store, h.source)).run()
 
     assert failed.outcome is RunOutcome.FAILED
     assert "quota" in (failed.error or "")
-    posted = len(h.double.imports())
-    assert posted >= 4  # the fourth was out while the third ran
+    runs = _runs(h.double)
+    assert len(runs) == 3  # the third was posted before the first was confirmed; no fourth
+    assert runs[2].posted < runs[1].ended
     assert h.store.open_batches("customers") == []
+    assert [h.store.get_batch(i).status for i in (1, 2, 3)] == [
+        BatchStatus.FINISHED, BatchStatus.FAILED, BatchStatus.FAILED]
     mark = h.store.get_watermark("customers")
     assert mark is not None
-    assert mark.key == 200
+    assert mark.key == 100
 
     h.double.max_contacts = None
     assert h.run().outcome is RunOutcome.SUCCEEDED

@@ -49,10 +49,12 @@ from sync_service.delivery_plan import (
     GiveUp,
     Plan,
     PollClock,
+    accounted,
     failed_import_plan,
     refusal_budget,
     refusal_plan,
     result_plan,
+    unaccounted,
     unattributed_plan,
 )
 from sync_service.errors import (
@@ -398,20 +400,13 @@ class Courier:
 
     def _check_counts(self, batch_id: int, final: ImportResult, sent: int) -> None:
         """ImportFailed when Mailtrap accounts for fewer contacts than were sent."""
-        if final.created_contacts_count is None or final.updated_contacts_count is None:
-            return
-        told = (final.created_contacts_count + final.updated_contacts_count
-                + (final.contacts_over_limit_count or 0))
-        if told > sent:  # every contact accounted for; Mailtrap counted some twice
+        told = accounted(final)
+        if told is not None and told > sent:  # every contact accounted for; some counted twice
             log.warning("import.overcounted", batch_id=batch_id, import_id=final.id, sent=sent,
                         accounted=told)
-        if told >= sent:
+        reason = unaccounted(final, sent)
+        if told is None or reason is None:
             return
-        reason = (f"import {final.id} finished with created {final.created_contacts_count} + "
-                  f"updated {final.updated_contacts_count} + over limit "
-                  f"{final.contacts_over_limit_count or 0} = {told} of {sent} contacts sent: "
-                  f"{sent - told} are unaccounted for, so nothing of this batch is confirmed "
-                  "and its contacts go out again on the next run")
         self.store.fail_batch(batch_id, reason)
         _add(self.counts, "unaccounted", sent - told)
         log.error("import.unaccounted", batch_id=batch_id, import_id=final.id, sent=sent,

@@ -118,6 +118,28 @@ def result_plan(final: ImportResult) -> Plan:
     return Plan(batch_failure=f"import {final.id} ended {final.status}")
 
 
+def accounted(final: ImportResult) -> int | None:
+    """How many contacts a finished import accounts for (created, updated, over the limit);
+    None when Mailtrap did not say."""
+    if final.created_contacts_count is None or final.updated_contacts_count is None:
+        return None
+    return (final.created_contacts_count + final.updated_contacts_count
+            + (final.contacts_over_limit_count or 0))
+
+
+def unaccounted(final: ImportResult, sent: int) -> str | None:
+    """Why nothing of a finished import may be confirmed when it accounts for fewer contacts
+    than the ``sent`` ones; None when it accounts for all of them (or does not say)."""
+    told = accounted(final)
+    if told is None or told >= sent:
+        return None
+    return (f"import {final.id} finished with created {final.created_contacts_count} + "
+            f"updated {final.updated_contacts_count} + over limit "
+            f"{final.contacts_over_limit_count or 0} = {told} of {sent} contacts sent: "
+            f"{sent - told} are unaccounted for, so nothing of this batch is confirmed "
+            "and its contacts go out again on the next run")
+
+
 def failed_import_plan(part: Sequence[ImportEntry], import_id: int, failures: int) -> Plan:
     """After the ``failures``-th failed import of a batch: stop at ``MAX_IMPORT_FAILURES``, else
     post the part again, in halves from the second failure on."""

@@ -11,6 +11,9 @@ next and performs it. The decisions (design.md, invariants 1 and 8):
 * an import that ends over the quota stops the run; one that ends ``failed`` is posted again,
   from the second failure in halves, and the run stops at ``MAX_IMPORT_FAILURES``
   (``result_plan``, ``failed_import_plan``).
+
+It also keeps the clock of each import in flight (``PollClock``): when it is polled next, and
+when waiting for it is given up.
 """
 
 from __future__ import annotations
@@ -115,6 +118,28 @@ def result_plan(final: ImportResult) -> Plan:
     return Plan(batch_failure=f"import {final.id} ended {final.status}")
 
 
+def accounted(final: ImportResult) -> int | None:
+    """How many contacts a finished import accounts for (created, updated, over the limit);
+    None when Mailtrap did not say."""
+    if final.created_contacts_count is None or final.updated_contacts_count is None:
+        return None
+    return (final.created_contacts_count + final.updated_contacts_count
+            + (final.contacts_over_limit_count or 0))
+
+
+def unaccounted(final: ImportResult, sent: int) -> str | None:
+    """Why nothing of a finished import may be confirmed when it accounts for fewer contacts
+    than the ``sent`` ones; None when it accounts for all of them (or does not say)."""
+    told = accounted(final)
+    if told is None or told >= sent:
+        return None
+    return (f"import {final.id} finished with created {final.created_contacts_count} + "
+            f"updated {final.updated_contacts_count} + over limit "
+            f"{final.contacts_over_limit_count or 0} = {told} of {sent} contacts sent: "
+            f"{sent - told} are unaccounted for, so nothing of this batch is confirmed "
+            "and its contacts go out again on the next run")
+
+
 def failed_import_plan(part: Sequence[ImportEntry], import_id: int, failures: int) -> Plan:
     """After the ``failures``-th failed import of a batch: stop at ``MAX_IMPORT_FAILURES``, else
     post the part again, in halves from the second failure on."""
@@ -126,6 +151,37 @@ def failed_import_plan(part: Sequence[ImportEntry], import_id: int, failures: in
     if failures >= 2 and half:
         return Plan(parts=(tuple(part[:half]), tuple(part[half:])))
     return Plan(parts=(tuple(part),))
+
+
+@dataclass
+class PollClock:
+    """When one import in flight is polled next: as soon as it was posted, then after
+    ``interval``, growing by half each time up to ``max_interval`` (as ``wait_for_import``
+    does); past ``deadline`` it is given up on (the batch stays posted for a later run). Times
+    are ``time.monotonic()`` seconds."""
+
+    due: float
+    interval: float
+    max_interval: float
+    deadline: float
+
+    @classmethod
+    def start(cls, now: float, *, interval: float, max_interval: float,
+              timeout: float) -> PollClock:
+        return cls(now, interval, max_interval, now + timeout)
+
+    def wait(self, now: float) -> float:
+        """Seconds until the next poll is due (0 when it is)."""
+        return max(0.0, self.due - now)
+
+    def polled(self, now: float) -> bool:
+        """After a poll that found the import still running: schedule the next one; False when
+        it would fall past the deadline."""
+        if now + self.interval > self.deadline:
+            return False
+        self.due = now + self.interval
+        self.interval = min(self.interval * 1.5, self.max_interval)
+        return True
 
 
 _QUOTA = re.compile(r"contacts?\b.*\blimit|\blimit\b.*\bcontacts?", re.IGNORECASE)

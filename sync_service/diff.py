@@ -99,7 +99,8 @@ class View:
 
 @dataclass
 class Pending:
-    """What the batch being built has queued (not confirmed yet)."""
+    """What the run has queued and Mailtrap has not confirmed: the batch being built and the
+    batches in flight (posted, not confirmed yet)."""
 
     keys: dict[str, str | None] = field(default_factory=dict)  # key -> address it takes, or None
     emails: dict[str, str] = field(default_factory=dict)  # address -> key, for every entry

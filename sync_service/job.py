@@ -6,9 +6,9 @@ kept there). What this module adds:
 
 2. Nothing unchanged is sent, and every change is judged against the newest state: records
    are mapped and hashed and compared with the state store a chunk at a time (``Differ``). A
-   key read again while its earlier row is still queued in the batch being built (a row edited
-   while the run reads comes back later in the same run) makes the job send that batch first
-   and look the state up again, so the later row is diffed against what Mailtrap confirmed for
+   key read again while its earlier row is still queued (in the batch being built or in an
+   import in flight; a row edited while the run reads comes back later in the same run) makes
+   the job send what is queued, wait until it is confirmed, and look the state up again, so the later row is diffed against what Mailtrap confirmed for
    the earlier one: a key appears at most once per import, the newest row wins, and every
    address the key held is unlisted. After every batch sent, the rest of the chunk is looked
    up again.

@@ -119,6 +119,12 @@ class MailtrapSettings(_Section):
         description="seconds a request keeps retrying while Mailtrap cannot be reached at all "
         "(connection refused, DNS, connect timeout) before the run fails naming the URL",
     )
+    imports_in_flight: int = Field(
+        2, ge=1, le=20, strict=True,
+        description="batches posted and not yet confirmed at once: the run reads on while "
+        "Mailtrap runs the older imports, and waits for the oldest once this many are out "
+        "(1: each import is confirmed before the next batch is read)",
+    )
     pacing: PacingSettings = PacingSettings()
 
     @field_validator("api_url")

@@ -89,6 +89,26 @@ class _Bursts(httpx.BaseTransport):
         self.inner.close()
 
 
+class _FailPending(httpx.BaseTransport):
+    """The first time an import is posted while ``running`` others still run, tells the double
+    to fail all of those (a failure whatever the seeded draws, with other imports in flight)."""
+
+    def __init__(self, inner: httpx.BaseTransport, double: MailtrapDouble, running: int) -> None:
+        self.inner, self.double, self.running, self.done = inner, double, running, False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if (not self.done and request.method == "POST"
+                and request.url.path.endswith(IMPORTS_PATH)):
+            running = [i for i in self.double.imports() if i.status in ("created", "started")]
+            if len(running) >= self.running:
+                self.done = True
+                self.double.finish_imports(failed=True)
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 class _Unnamed422(httpx.BaseTransport):
     """Rewrites the emails a 422 names: blanks them, or respells them as Mailtrap might."""
 
@@ -121,8 +141,9 @@ def ch(sqlite_url: str, double: MailtrapDouble,
 
 
 def _faults(double: MailtrapDouble, mailtrap_transport: ValidatingTransport) -> MailtrapClient:
-    """5 % 500s, 2 % drops, 10 % failed imports, and a client paced under 40 requests / 2 s
-    that meets a burst of three 429s every ninth request."""
+    """5 % 500s, 2 % drops, 10 % failed imports (plus, once, every import running when another
+    is posted failed: failures with others in flight), and a client paced under 40 requests /
+    2 s that meets a burst of three 429s every ninth request."""
     double.rate_limits = RateLimits(account_requests=40, account_window=2.0,
                                     token_requests=150, token_window=10.0)
     double.import_policy = ImportPolicy(polls_to_finish=5)
@@ -131,7 +152,8 @@ def _faults(double: MailtrapDouble, mailtrap_transport: ValidatingTransport) -> 
     double.force("drop_before", "500", "drop_after")  # each kind at least once, whatever the RNG
     pacer = Pacer(token=DEFAULT_TOKEN, account_rate="40/2s", token_rate="150/10s")
     return MailtrapClient(token=DEFAULT_TOKEN, base_url=BASE_URL, pacer=pacer, max_retries=8,
-                          transport=_Bursts(mailtrap_transport, double, every=9, size=3),
+                          transport=_Bursts(_FailPending(mailtrap_transport, double, 1),
+                                            double, every=9, size=3),
                           retry_initial=0.01, retry_max=0.2)
 
 

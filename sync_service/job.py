@@ -8,10 +8,10 @@ kept there). What this module adds:
    are mapped and hashed and compared with the state store a chunk at a time (``Differ``). A
    key read again while its earlier row is still queued (in the batch being built or in an
    import in flight; a row edited while the run reads comes back later in the same run) makes
-   the job send what is queued, wait until it is confirmed, and look the state up again, so the later row is diffed against what Mailtrap confirmed for
-   the earlier one: a key appears at most once per import, the newest row wins, and every
-   address the key held is unlisted. After every batch sent, the rest of the chunk is looked
-   up again.
+   the job send what is queued, wait until it is confirmed, and look the state up again, so
+   the later row is diffed against what Mailtrap confirmed for the earlier one: a key appears
+   at most once per import, the newest row wins, and every address the key held is unlisted.
+   After every change of confirmed state, the rest of the chunk is looked up again.
    A key read twice in one run is checked against the source (``Connector.fetch``): if the
    source holds two rows for it, the later one is rejected as ``duplicate_key`` (issue 8).
 7. One pipeline in one place: the run holds the pipeline's lease and renews it; every write the

@@ -22,6 +22,12 @@ the spec's own component schemas instead:
 ``ValidatingTransport(inner)`` wraps any httpx transport: it validates each request before
 passing it on and each response after, raising ``AssertionError`` on the first violation, and
 keeps a list (``checked``) of everything it validated.
+
+A verdict depends only on the message and the specs, and openapi-core takes ~5-10 ms for even
+the smallest message, while tests repeat many messages byte for byte (import status polls, list
+and field reads, the same answers): a message (up to 64 KiB of body) that passed before, with
+the same method, path and query, headers, body and, for a response, request, is not validated
+again; it passes as it did. Failures are never remembered.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import json
 import os
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl
@@ -72,10 +78,26 @@ def spec_dir() -> Path:
     return folder
 
 
+_REMEMBERED_BODY = 64 * 1024  # larger messages are validated every time (and rarely repeat)
+_REMEMBERED_MAX = 100_000
+
+
 @dataclass(frozen=True)
 class Specs:
     contacts: OpenAPI
     accounts: OpenAPI
+    # message key -> its Checked, for messages that passed against these specs
+    passed: dict[tuple[object, ...], Checked] = field(
+        default_factory=dict, compare=False, repr=False)
+
+    def remembered(self, key: tuple[object, ...] | None) -> Checked | None:
+        return None if key is None else self.passed.get(key)
+
+    def remember(self, key: tuple[object, ...] | None, checked: Checked) -> None:
+        if key is not None:
+            if len(self.passed) >= _REMEMBERED_MAX:
+                self.passed.clear()
+            self.passed[key] = checked
 
     def schema(self, name: str) -> dict[str, Any]:
         """A component schema of the contacts spec, as a plain dict."""
@@ -174,9 +196,35 @@ def _explain(exc: BaseException) -> str:
     return "; ".join(details)
 
 
+def _request_key(request: httpx.Request) -> tuple[object, ...] | None:
+    """Everything of a request that validation reads (and more), or None when it is large."""
+    if len(request.content) > _REMEMBERED_BODY:
+        return None
+    headers = tuple(request.headers.multi_items())
+    return (request.method, request.url.raw_path, headers, request.content)
+
+
+def _response_key(request: httpx.Request, response: httpx.Response) -> tuple[object, ...] | None:
+    asked = _request_key(request)
+    if asked is None or len(response.content) > _REMEMBERED_BODY:
+        return None
+    headers = tuple(response.headers.multi_items())
+    return ("response", *asked, response.status_code, headers, response.content)
+
+
 def validate_request(request: httpx.Request, specs: Specs | None = None) -> Checked:
     """Check a request against the spec; ``AssertionError`` says what is wrong."""
     specs = specs or load_specs()
+    key = _request_key(request)
+    seen = specs.remembered(key)
+    if seen is not None:
+        return seen
+    checked = _validated_request(request, specs)
+    specs.remember(key, checked)
+    return checked
+
+
+def _validated_request(request: httpx.Request, specs: Specs) -> Checked:
     path = _raw_path(request)
     spec, spec_path = spec_route(specs, path)
     try:
@@ -193,6 +241,17 @@ def validate_response(
 ) -> Checked:
     """Check a (read) response to ``request`` against the spec."""
     specs = specs or load_specs()
+    key = _response_key(request, response)
+    seen = specs.remembered(key)
+    if seen is not None:
+        return seen
+    checked = _validated_response(request, response, specs)
+    specs.remember(key, checked)
+    return checked
+
+
+def _validated_response(request: httpx.Request, response: httpx.Response, specs: Specs
+                        ) -> Checked:
     path = _raw_path(request)
     spec, spec_path = spec_route(specs, path)
     what = f"{response.status_code} to {request.method} {path}"

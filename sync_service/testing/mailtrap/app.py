@@ -2,9 +2,11 @@
 
 Request flow, outermost first:
 
-1. ``_Gateway`` (raw ASGI) reads the body, settles due imports, draws the fault for this request
-   (forced outcomes first, then the seeded rates), answers injected 429/500s itself or drops the
-   connection (before or after the request is carried out), and logs every request.
+1. ``_Gateway`` (raw ASGI) reads the body and parses it once (the parsed body goes to the log
+   and, through the scope, to the operation; neither changes it), settles due imports, draws the
+   fault for this request (forced outcomes first, then the seeded rates), answers injected
+   429/500s itself or drops the connection (before or after the request is carried out), and
+   logs every request.
 2. The Starlette router matches the account-scoped Mailtrap paths; unknown paths answer 404
    ``{"error": "Not Found"}``, wrong methods 405.
 3. ``_Api._run`` authenticates (401), checks the account is visible to the token (403; viewer
@@ -55,6 +57,7 @@ FORBIDDEN: Json = {"errors": "Account access forbidden"}
 _ACCOUNT_PATH = re.compile(r"^/api/accounts/(\d+)(?:/|$)")
 _ACCOUNT = "/api/accounts/{account_id:int}/contacts"
 _READ_METHODS = frozenset({"GET", "HEAD"})
+_PAYLOAD = "mailtrap_double.payload"  # scope key: the body as the gateway parsed it
 _ONE = ["GET", "PATCH", "DELETE"]
 
 
@@ -151,7 +154,10 @@ class _Api:
         self.s = double.state
 
     async def _run(self, request: Request, operation: Operation) -> Response:
-        payload = _parse(await request.body())
+        if _PAYLOAD in request.scope:
+            payload = request.scope[_PAYLOAD]
+        else:
+            payload = _parse(await request.body())
         with self.d.lock:
             try:
                 call = self._admit(request, payload)
@@ -396,6 +402,7 @@ class _Gateway:
             return
         if fault != "drop_before":
             target = _discard if fault == "drop_after" else send
+            scope = {**scope, _PAYLOAD: exchange.body}
             await self._inner(scope, _replay(body, receive), _capture(target, exchange))
         if fault in ("drop_before", "drop_after"):
             exchange.status = None

@@ -38,14 +38,48 @@ IMPORT_KEYS = frozenset({"email", "fields", "list_ids_included", "list_ids_exclu
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
+# An all-ASCII address whose local part is an RFC 5322 dot-atom (email-validator's DOT_ATOM_TEXT):
+# nearly every address. For these, validate_email's verdict is the domain's verdict plus a length
+# check, so the costly part (IDNA/UTS-46 checks of the domain) is done once per domain.
+_ATEXT = r"a-zA-Z0-9_!#$%&'*+\-/=?^`{|}~"
+_PLAIN_LOCAL = re.compile(rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*")
+_MAX_EMAIL_BYTES = 254  # email-validator's EMAIL_MAX_LENGTH, in UTF-8 bytes
+
+
 @lru_cache(maxsize=200_000)
 def is_valid_email(email: str) -> bool:
-    """Syntax check only (no DNS), as email-validator judges it."""
+    """Syntax check only (no DNS): the verdict of ``validate_email``, its costly part per domain.
+
+    For an ASCII ``local@domain`` with a dot-atom local part, ``validate_email`` splits at the
+    first ``@`` and accepts the local part as it is, so the address is valid exactly when the
+    domain is and the longest of its three spellings (as given, normalised, IDNA ASCII) fits
+    in 254 bytes with the local part. Anything else (quotes, display names, non-ASCII) gets the
+    full check.
+    """
+    local, at, domain = email.partition("@")
+    if at and email.isascii() and _PLAIN_LOCAL.fullmatch(local):
+        longest = _domain_bytes(domain)
+        return longest is not None and len(local) + 1 + longest <= _MAX_EMAIL_BYTES
     try:
         validate_email(email, check_deliverability=False)
     except EmailNotValidError:
         return False
     return True
+
+
+@lru_cache(maxsize=65_536)
+def _domain_bytes(domain: str) -> int | None:
+    """None when ``validate_email`` refuses ``x@domain``; else the domain's longest spelling.
+
+    A refusal of ``x@domain`` is a refusal of every ``local@domain`` with a plain local part:
+    the same domain checks run, and a longer local part only makes the length check stricter.
+    """
+    try:
+        info = validate_email(f"x@{domain}", check_deliverability=False)
+    except EmailNotValidError:
+        return None
+    spellings = (domain, info.domain, info.ascii_domain)
+    return max(len(s.encode("utf-8")) for s in spellings)
 
 
 def value_fits(data_type: str, value: Json) -> bool:

@@ -131,3 +131,26 @@ def test_missing_specs_fail_loudly(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 def test_specs_are_loaded_once() -> None:
     """load_specs is cached: openapi-core builds each spec once per session."""
     assert openapi.load_specs() is openapi.load_specs()
+
+
+def test_a_passed_message_is_remembered_and_any_other_still_checked() -> None:
+    """The same request or response again passes without a second validation; one byte else in
+    the body, and a message that failed, are validated (and refused) every time."""
+    headers = {"Authorization": "Bearer t"}
+    good = httpx.Request("POST", f"{BASE_URL}{CONTACTS}/lists", json={"name": "A"},
+                         headers=headers)
+    first = openapi.validate_request(good)
+    again = httpx.Request("POST", f"{BASE_URL}{CONTACTS}/lists", json={"name": "A"},
+                          headers=headers)
+    assert openapi.validate_request(again) is first
+    bad = httpx.Request("POST", f"{BASE_URL}{CONTACTS}/lists", json={"name": 123},
+                        headers=headers)  # as long as the good body: the same headers
+    for _ in range(2):
+        with pytest.raises(AssertionError, match="breaks the Mailtrap spec"):
+            openapi.validate_request(bad)
+    answer = httpx.Response(200, json={"id": 123, "name": "A"})
+    assert openapi.validate_response(good, answer) is openapi.validate_response(good, answer)
+    wrong = httpx.Response(200, json={"id": "1", "name": "A"})  # as long, too
+    for _ in range(2):
+        with pytest.raises(AssertionError, match="breaks the Mailtrap spec"):
+            openapi.validate_response(good, wrong)

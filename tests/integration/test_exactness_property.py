@@ -10,68 +10,29 @@ from __future__ import annotations
 
 import tempfile
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sync_service.models import RunOutcome
 from sync_service.settings import AppSettings
 from sync_service.testing.mailtrap.double import MailtrapDouble
 from tests.conftest import PG_ENV, _fresh_database, _server_url
 from tests.support.double_fixtures import validating_transport
-from tests.support.people import PLAN_LISTS, People, PeopleHarness, _Editor, small_pages
+from tests.support.edits import PLANS, Edit, sync_with_edits
+from tests.support.people import PLAN_LISTS, People, PeopleHarness, small_pages
 
 pytestmark = pytest.mark.usefixtures(small_pages.__name__)
 
 KEYS = range(1, 7)
 EMAILS = [f"e{i}@example.com" for i in range(8)]
-PLANS = ["pro", "free", "trial", None]
-
-Edit = tuple[str, int, int]
 _edits = st.tuples(st.sampled_from(["field", "plan", "move", "swap", "delete", "erase",
                                     "create"]),
                    st.sampled_from(list(KEYS)), st.integers(0, len(EMAILS) - 1))
 # Per sync: (chunk after which the edit is made, 0 = before the run starts, edit)
 _runs = st.lists(st.lists(st.tuples(st.integers(0, 4), _edits), max_size=6),
                  min_size=1, max_size=3)
-
-
-def _apply(src: People, edit: Edit) -> None:
-    """Make one edit if it keeps the source sane (live addresses unique)."""
-    kind, key, pick = edit
-    rows = {r["id"]: r for r in src.rows()}
-    taken = {r["email"] for r in rows.values() if not r["deleted"]}
-    free = [e for e in EMAILS[pick:] + EMAILS[:pick] if e not in taken]
-    row = rows.get(key)
-    live = row is not None and not row["deleted"]
-    if kind == "field" and live:
-        src.update(key, first_name=f"N{pick}")
-    elif kind == "plan" and live:
-        src.update(key, plan=PLANS[pick % len(PLANS)])
-    elif kind == "move" and live and free:
-        src.update(key, email=free[0])
-    elif kind == "swap" and live:
-        other = next((k for k in sorted(rows) if k != key and not rows[k]["deleted"]
-                      and k % 3 == pick % 3), None)
-        if other is not None and row is not None:
-            mine, theirs = row["email"], rows[other]["email"]
-            src.update(key, email="swap-tmp@example.com")
-            src.update(other, email=mine)
-            src.update(key, email=theirs)
-    elif kind == "delete" and live:
-        src.delete(key)
-    elif kind == "erase" and row is not None:
-        with src.engine.begin() as conn:
-            conn.execute(sa.delete(src.table).where(src.table.c.id == key))
-    elif kind == "create" and not live and free:
-        if row is None:
-            src.insert(key, free[0], f"C{pick}")
-        else:
-            src.update(key, deleted=False, email=free[0], first_name=f"R{pick}")
 
 
 class _ScanningHarness(PeopleHarness):
@@ -88,20 +49,7 @@ class _ScanningHarness(PeopleHarness):
 
 
 def _sync(h: PeopleHarness, edits: list[tuple[int, Edit]]) -> None:
-    src = h.source
-    assert isinstance(src, People)
-    during: dict[int, list[Callable[[], None]]] = {}
-    for when, edit in edits:
-        if when == 0:
-            _apply(src, edit)
-        else:
-            during.setdefault(when, []).append(lambda e=edit: _apply(src, e))
-    editor = _Editor(during)
-    result = h.job(observer=editor).run()
-    assert result.outcome is RunOutcome.SUCCEEDED, result.error
-    for left in editor.edits.values():  # the run had fewer chunks: made after it
-        for edit_now in left:
-            edit_now()
+    sync_with_edits(h, edits, EMAILS)
 
 
 def _until_quiet(state_url: str, source_url: str, runs: list[list[tuple[int, Edit]]],

@@ -11,64 +11,27 @@ from __future__ import annotations
 
 import tempfile
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sync_service.models import RunOutcome
 from sync_service.settings import AppSettings
 from sync_service.testing.mailtrap.double import MailtrapDouble
 from tests.support.double_fixtures import validating_transport
-from tests.support.people import People, PeopleHarness, _Editor, small_pages
+from tests.support.edits import Edit, sync_with_edits
+from tests.support.people import People, PeopleHarness, small_pages
 
 pytestmark = pytest.mark.usefixtures(small_pages.__name__)
 
 KEYS = range(1, 7)
 EMAILS = [f"r{i}@example.com" for i in range(8)]
-Edit = tuple[str, int, int]
 _edits = st.tuples(st.sampled_from(["field", "move", "swap", "delete", "erase", "create",
                                     "touch"]),
                    st.sampled_from(list(KEYS)), st.integers(0, len(EMAILS) - 1))
 _runs = st.lists(st.lists(st.tuples(st.integers(0, 4), _edits), max_size=5),
                  min_size=1, max_size=4)
-
-
-def _apply(src: People, edit: Edit) -> None:
-    """Make one edit if it keeps the source sane (live addresses unique)."""
-    kind, key, pick = edit
-    rows = {r["id"]: r for r in src.rows()}
-    taken = {r["email"] for r in rows.values() if not r["deleted"]}
-    free = [e for e in EMAILS[pick:] + EMAILS[:pick] if e not in taken]
-    row = rows.get(key)
-    live = row is not None and not row["deleted"]
-    if kind == "touch":  # a bulk update that changes no content: one cursor for every row
-        with src.engine.begin() as conn:
-            conn.execute(sa.update(src.table).values(updated_at=src.tick()))
-    elif kind == "field" and live:
-        src.update(key, first_name=f"N{pick}")
-    elif kind == "move" and live and free:
-        src.update(key, email=free[0])
-    elif kind == "swap" and live and row is not None:
-        other = next((k for k in sorted(rows) if k != key and not rows[k]["deleted"]), None)
-        if other is not None:
-            mine, theirs = row["email"], rows[other]["email"]
-            src.update(key, email="swap-tmp@example.com")
-            src.update(other, email=mine)
-            src.update(key, email=theirs)
-    elif kind == "delete" and live:
-        src.delete(key)
-    elif kind == "erase" and row is not None:
-        with src.engine.begin() as conn:
-            conn.execute(sa.delete(src.table).where(src.table.c.id == key))
-    elif kind == "create" and not live and free:
-        if row is None:
-            src.insert(key, free[0], f"C{pick}")
-        else:
-            src.update(key, deleted=False, email=free[0], first_name=f"R{pick}")
 
 
 class _RereadingHarness(PeopleHarness):
@@ -82,22 +45,8 @@ class _RereadingHarness(PeopleHarness):
 
 
 def _sync(h: PeopleHarness, edits: list[tuple[int, Edit]]) -> int:
-    """One sync with ``edits`` made before it (0) or after its n-th page; rows it skipped."""
-    src = h.source
-    assert isinstance(src, People)
-    during: dict[int, list[Callable[[], None]]] = {}
-    for when, edit in edits:
-        if when == 0:
-            _apply(src, edit)
-        else:
-            during.setdefault(when, []).append(lambda e=edit: _apply(src, e))
-    editor = _Editor(during)
-    result = h.job(observer=editor).run()
-    assert result.outcome is RunOutcome.SUCCEEDED, result.error
-    for left in editor.edits.values():
-        for edit_now in left:
-            edit_now()
-    return result.counts.get("rereads_skipped", 0)
+    """One sync with ``edits``; the rows it skipped."""
+    return sync_with_edits(h, edits, EMAILS).counts.get("rereads_skipped", 0)
 
 
 @settings(max_examples=15, deadline=None,

@@ -361,8 +361,7 @@ class SyncJob:
         checked = not check_columns
         lookup = getattr(state, "reread_tokens", None) if skip else None
         fingerprint = self._fingerprint
-        if skip:
-            self.rereads_skipped = 0
+        self.rereads_skipped = 0  # a job object may run again: never carry a count over
         for chunk in chunked(records, READ_CHUNK):
             self.check_stop()
             if not checked:
@@ -378,18 +377,23 @@ class SyncJob:
                                                   sent_in_run=sink.sent_in_run)
             mapped = self._map(chunk, differ)
             # The pipeline's consent rules for this chunk (consent.py), applied to each change.
-            self._screen = consent.screener(self, [m for i, m in enumerate(mapped)
-                                                   if i not in self._skipped], state=state)
+            self._screen = consent.screener(self, self._unskipped(mapped), state=state)
             start, verified = 0, -1
             while start < len(mapped):
                 start, verified = self._decide(mapped, (start, verified), differ, sink, state)
             if lookup is not None and fingerprint is not None and state is self.store:
                 self.store.note_reread(self.name, reread.to_note(
-                    fingerprint, (m for i, m in enumerate(mapped) if i not in self._skipped),
-                    seen))
+                    fingerprint, self._unskipped(mapped), seen))
             self._skipped = set()
             if self.observer is not None:
                 self.observer.records_read(self.name, len(chunk))
+
+    def _unskipped(self, mapped: list[Mapped], start: int = 0) -> list[Mapped]:
+        """The mapped rows from ``start`` on that the re-read skip did not accept (no copy of
+        the list is filtered row by row when it accepted none)."""
+        if not self._skipped:
+            return mapped[start:]
+        return [m for i, m in enumerate(mapped[start:], start) if i not in self._skipped]
 
     def _map(self, chunk: Sequence[SourceRecord], differ: Differ) -> list[Mapped]:
         """The chunk mapped, except the rows the re-read skip accepts (left unmapped)."""
@@ -407,7 +411,7 @@ class SyncJob:
         """
         start, verified = at
         sink.settle()  # rejections accepted so far are on record before the state is read
-        todo = [m for i, m in enumerate(mapped[start:], start) if i not in self._skipped]
+        todo = self._unskipped(mapped, start)
         # Only skipped rows left: no look-up (their decision needs none).
         view = self._look_up(todo, differ, state, sink.pending) if todo else View()
         flushes = sink.flushes

@@ -162,3 +162,13 @@ def test_prune_drops_the_tokens_of_forgotten_keys(h: Harness, double: MailtrapDo
     report = h.store.prune(PIPELINE, datetime.now(UTC))
     assert report.reread_tokens == 5
     assert _run(h).counts["rereads_skipped"] == ROWS - 5
+
+
+def test_one_job_object_counts_each_run_on_its_own(h: Harness) -> None:
+    """A job run twice (as the daemon does) reports each run's own skips: a backfill after a
+    sync that skipped every row counts none."""
+    settings = h.settings()
+    job = SyncJob(settings=settings, pipeline=settings.pipelines[0], store=h.store,
+                  client=h.client())
+    assert job.run().counts["rereads_skipped"] == ROWS
+    assert "rereads_skipped" not in job.run(RunKind.BACKFILL).counts

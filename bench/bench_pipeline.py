@@ -94,11 +94,12 @@ class IdleClock:
         return original
 
 
-def first_sync(source: Path, state_dir: Path, *, batch_size: int, in_flight: int,
+def first_sync(source_url: str, state_url: str, *, batch_size: int, in_flight: int,
                import_seconds: float, scale: float, account: int) -> dict[str, Any]:
-    """One first sync with ``imports_in_flight`` = ``in_flight``; its wall and idle time."""
-    state_url = f"sqlite:///{state_dir / f'state-{in_flight}.db'}"
-    base = settings(source=source, state_url=state_url, api_url=API_URL, batch_size=batch_size)
+    """One first sync from ``source_url`` into an empty state store at ``state_url`` with
+    ``imports_in_flight`` = ``in_flight``; its wall and idle time (also used by bench_scale)."""
+    base = settings(source=Path("unused"), state_url=state_url, api_url=API_URL,
+                    batch_size=batch_size, source_url=source_url)
     rates = {"account": f"200/{60 * scale:g}s", "token": f"150/{10 * scale:g}s"}
     mailtrap = MailtrapSettings(api_url=API_URL, account_id=account, poll_interval=2.0 * scale,
                                 poll_max_interval=30.0 * scale, imports_in_flight=in_flight)
@@ -154,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mts-bench-") as tmp:
         source = Path(tmp) / "crm.db"
         source_s = create_source(source, args.rows, seed=args.seed)
-        runs = [first_sync(source, Path(tmp), batch_size=args.batch_size, in_flight=count,
+        runs = [first_sync(f"sqlite:///{source}", f"sqlite:///{Path(tmp) / f'state-{index}.db'}",
+                           batch_size=args.batch_size, in_flight=count,
                            import_seconds=import_seconds, scale=scale, account=1001 + index)
                 for index, count in enumerate(counts)]
     result = {"benchmark": "bench_pipeline", "rows": args.rows, "batch_size": args.batch_size,

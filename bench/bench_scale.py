@@ -16,6 +16,19 @@ scratch database created next to the one named and dropped at the end), measures
   that reads them all, and the next no-change sync, which re-reads every row again because they
   all sit inside the lookback window ("one updated_at").
 
+Besides the step times:
+
+- **state store**: per step, the time in ``StateStore.confirm_batch`` + ``advance`` (confirming
+  hashes and moving the watermark) and in ``record_batch`` (the write-ahead), and the
+  confirmation's share of the step's own time (the issue's goal: under 10 % of the first sync);
+- **pipelining** (``--import-seconds``, default 5): one more first sync, into an empty state
+  store, against ``bench_pipeline.SlowImports`` (imports answer ``started`` until that many
+  seconds after they were posted), with the default ``imports_in_flight`` and a paced client:
+  wall time, time waiting with nothing to do (``Courier._pause``) and its share (goal < 25 %);
+- **memory** (SQLite only; ``--no-memory`` skips it): the peak RSS of a first sync of the same
+  source in a fresh process (``bench_memory.measure``, the benchmark stub), not the whole
+  benchmark process, whose own peak is printed too.
+
 The stand-in is ``stub_mailtrap.StubTransport`` in-process (it parses each import body, stores
 nothing, answers every import ``finished`` on its first poll; no pacing). Time inside it is
 measured and subtracted: "own s" is the tool's own time, and the ratios use it. Each figure is
@@ -25,7 +38,7 @@ configuration, as in a fresh process.
 
     .venv/bin/python bench/bench_scale.py [--rows 1000000] [--batch-size 50000] [--changed 1000]
         [--pg-url postgresql+psycopg://postgres@127.0.0.1:5432/test] [--only sqlite|postgresql]
-        [--profile plan|backfill|one-updated-at] [--json]
+        [--import-seconds 5] [--no-memory] [--profile plan|backfill|one-updated-at] [--json]
 """
 
 from __future__ import annotations
@@ -39,11 +52,14 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import orjson
 import sqlalchemy as sa
+from bench_memory import measure as measure_memory
+from bench_pipeline import FULL_BATCH
+from bench_pipeline import first_sync as pipelined_first_sync
 from bench_sync import _scratch_postgres
 from common import (
     FIELDS,
@@ -65,6 +81,7 @@ from sync_service.logging import configure
 from sync_service.mailtrap.client import MailtrapClient
 from sync_service.mapping import _domain_problem
 from sync_service.models import RunKind, RunOutcome
+from sync_service.settings import MailtrapSettings
 from sync_service.state import StateStore
 from sync_service.testing.mailtrap.double import DEFAULT_ACCOUNT_ID, DEFAULT_TOKEN
 
@@ -87,6 +104,38 @@ class _TimedStub(httpx.BaseTransport):
             return self.stub.handle_request(request)
         finally:
             self.seconds += time.perf_counter() - started
+
+
+class StoreClock:
+    """Wall time in the state store's confirmation (``confirm_batch`` + ``advance``) and
+    write-ahead (``record_batch``) methods, added up while installed (this process only; the job
+    works on a fenced copy of the store, so the methods are wrapped on the class)."""
+
+    WATCHED: ClassVar[dict[str, str]] = {
+        "confirm_batch": "confirm", "advance": "confirm", "record_batch": "write_ahead"}
+
+    def __init__(self) -> None:
+        self.seconds = {"confirm": 0.0, "write_ahead": 0.0}
+
+    def install(self) -> dict[str, Any]:
+        originals = {name: getattr(StateStore, name) for name in self.WATCHED}
+        for name, original in originals.items():
+            setattr(StateStore, name, self._timed(original, self.WATCHED[name]))
+        return originals
+
+    def _timed(self, original: Callable[..., Any], part: str) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds[part] += time.perf_counter() - started
+        return timed
+
+    @staticmethod
+    def uninstall(originals: dict[str, Any]) -> None:
+        for name, original in originals.items():
+            setattr(StateStore, name, original)
 
 
 # baseline ----------------------------------------------------------------------------------------
@@ -187,6 +236,17 @@ STEPS = ("plan (first sync)", "first sync", "no-change sync", "no-change backfil
 
 def run_config(name: str, source_url: str, state_url: str, args: argparse.Namespace
                ) -> list[dict[str, Any]]:
+    """The steps in order on one source and state store (results per step)."""
+    clock = StoreClock()
+    originals = clock.install()
+    try:
+        return _run_steps(name, source_url, state_url, args, clock)
+    finally:
+        StoreClock.uninstall(originals)
+
+
+def _run_steps(name: str, source_url: str, state_url: str, args: argparse.Namespace,
+               clock: StoreClock) -> list[dict[str, Any]]:
     _domain_problem.cache_clear()
     cfg = settings(source=Path("unused"), state_url=state_url, api_url=API_URL,
                    batch_size=args.batch_size, source_url=source_url)
@@ -204,12 +264,15 @@ def run_config(name: str, source_url: str, state_url: str, args: argparse.Namesp
             action()
             return
         inside, started = stub.seconds, time.perf_counter()
+        store_before = dict(clock.seconds)
         counts = (action() if not args.profile
                   else profile(action, top=35, sorts=("tottime", "cumulative")))
         wall = time.perf_counter() - started
         own = wall - (stub.seconds - inside)
         results.append({"config": name, "step": label, "wall_s": wall, "own_s": own,
-                        "counts": counts, "rows_per_s": counts.get("read", 0) / own})
+                        "counts": counts, "rows_per_s": counts.get("read", 0) / own,
+                        **{f"{part}_s": clock.seconds[part] - store_before[part]
+                           for part in clock.seconds}})
 
     def sync(kind: RunKind) -> dict[str, int]:
         result = job().run(kind)
@@ -244,6 +307,26 @@ PROFILED = {"plan": "plan (first sync)", "backfill": "no-change backfill",
             "one-updated-at": "one-updated_at sync"}
 
 
+def pipelined(source_url: str, state_url: str, args: argparse.Namespace) -> dict[str, Any] | None:
+    """A first sync from ``source_url`` into the empty state store at ``state_url`` against
+    imports that take ``--import-seconds``, with the default ``imports_in_flight``."""
+    if not args.import_seconds or args.profile:
+        return None
+    _domain_problem.cache_clear()
+    in_flight = MailtrapSettings.model_fields["imports_in_flight"].default
+    return pipelined_first_sync(source_url, state_url, batch_size=args.batch_size,
+                                in_flight=in_flight, import_seconds=args.import_seconds,
+                                scale=args.batch_size / FULL_BATCH, account=2001)
+
+
+def memory(source: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any] | None:
+    """Peak RSS of a first sync of ``source`` in a fresh process (``bench_memory``)."""
+    if args.no_memory or args.profile:
+        return None
+    options = argparse.Namespace(batch_size=args.batch_size, tracemalloc=False, double="stub")
+    return measure_memory(args.rows, source, tmp, options)
+
+
 def _check(name: str, results: list[dict[str, Any]], received: int,
            args: argparse.Namespace) -> None:
     """The runs did what the scenario says (else the timings describe something else)."""
@@ -274,15 +357,31 @@ def _print(result: dict[str, Any]) -> None:
         base = config["baseline"]
         ref, read = base["read+orjson"], base["read"]
         rows: list[list[Any]] = [
-            ["baseline: driver read", read, read, base["rows"] / read, read / ref, "", ""],
-            ["baseline: read + orjson bodies", ref, ref, base["rows"] / ref, 1.0, "", ""],
+            ["baseline: driver read", read, read, base["rows"] / read, read / ref,
+             "", "", "", ""],
+            ["baseline: read + orjson bodies", ref, ref, base["rows"] / ref, 1.0,
+             "", "", "", ""],
         ]
         for r in config["steps"]:
             rows.append([r["step"], r["wall_s"], r["own_s"], r["rows_per_s"], r["own_s"] / ref,
-                         r["counts"].get("read", 0), r["counts"].get("sent", 0)])
+                         r["counts"].get("read", 0), r["counts"].get("sent", 0),
+                         r["write_ahead_s"], r["confirm_s"]])
         print(f"\n{config['name']} (source made in {config['source_s']:.1f} s)")
-        print(table(["step", "wall s", "own s", "rows/s", "× baseline", "rows read", "sent"],
-                    rows))
+        print(table(["step", "wall s", "own s", "rows/s", "× baseline", "rows read", "sent",
+                     "write-ahead s", "confirm s"], rows))
+        first = next((r for r in config["steps"] if r["step"] == "first sync"), None)
+        if first:
+            print(f"first sync: confirming (confirm_batch + advance) {first['confirm_s']:.2f} s, "
+                  f"{first['confirm_s'] / first['own_s']:.1%} of its own time (goal < 10 %); "
+                  f"write-ahead {first['write_ahead_s']:.2f} s")
+        if piped := config.get("pipelined"):
+            print(f"pipelined first sync, imports taking {result['import_seconds']:g} s, "
+                  f"{piped['in_flight']} in flight: wall {piped['wall_s']:.1f} s, waiting with "
+                  f"nothing to do {piped['idle_s']:.1f} s = {piped['idle_share']:.1%} "
+                  f"(goal < 25 %); {piped['imports']} imports, {piped['polls']} polls")
+        if mem := config.get("memory"):
+            print(f"first sync in a fresh process: peak RSS {mem['peak_mb']:.0f} MiB "
+                  f"(goal ≤ 200 MiB), {mem['growth_mb']:.0f} MiB over its start")
         touch = next((r for r in config["steps"] if r["step"] == "one-updated_at sync"), None)
         if touch:
             print(f"one-updated_at sync: {touch['own_s'] / read:.2f}× the baseline read alone "
@@ -297,6 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pg-url", help="also run PostgreSQL source + state in a scratch "
                         "database on this server, e.g. postgresql+psycopg://postgres@127.0.0.1/test")
     parser.add_argument("--only", choices=("sqlite", "postgresql"))
+    parser.add_argument("--import-seconds", type=float, default=5.0,
+                        help="how long each import of the pipelining step runs (0: no such step)")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="skip the peak-RSS first sync in a fresh process")
     parser.add_argument("--profile", choices=tuple(PROFILED),
                         help="cProfile one step (by own time) instead of timing the table")
     parser.add_argument("--seed", type=int, default=7)
@@ -312,19 +415,26 @@ def main(argv: list[str] | None = None) -> int:
             base = baseline(lambda: _sqlite_rows(source), args.batch_size)
             steps = run_config("sqlite", f"sqlite:///{source}",
                                f"sqlite:///{Path(tmp) / 'state.db'}", args)
+            piped = pipelined(f"sqlite:///{source}",
+                              f"sqlite:///{Path(tmp) / 'state-pipelined.db'}", args)
             configs.append({"name": "SQLite source + SQLite state", "source_s": made,
-                            "baseline": base, "steps": steps})
+                            "baseline": base, "steps": steps, "pipelined": piped,
+                            "memory": memory(source, Path(tmp), args)})
         if args.pg_url and args.only != "sqlite":
             with _scratch_postgres(args.pg_url) as pg_url:
                 made = load_postgres(pg_url, args.rows, args.seed)
                 base = baseline(lambda: _pg_rows(pg_url), args.batch_size)
                 steps = run_config("postgresql", pg_url, pg_url, args)
+                with _scratch_postgres(args.pg_url) as fresh_state:
+                    piped = pipelined(pg_url, fresh_state, args)
                 configs.append({"name": "PostgreSQL source + PostgreSQL state",
-                                "source_s": made, "baseline": base, "steps": steps})
+                                "source_s": made, "baseline": base, "steps": steps,
+                                "pipelined": piped, "memory": None})
     if args.profile:
         return 0
     result = {"benchmark": "bench_scale", "rows": args.rows, "batch_size": args.batch_size,
-              "changed": args.changed, "configs": configs, "machine": host,
+              "changed": args.changed, "import_seconds": args.import_seconds,
+              "configs": configs, "machine": host,
               "load_at_end": round(os.getloadavg()[0], 2), "peak_rss_mb": peak_rss_mb()}
     if args.json:
         emit_json(result)

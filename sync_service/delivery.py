@@ -78,6 +78,10 @@ class Sink(Protocol):
 
     def accept(self, changes: Sequence[Change]) -> None: ...
 
+    def accept_unchanged(self, count: int, last: Position) -> None:
+        """As ``accept`` of ``count`` UNCHANGED changes whose last is at ``last`` (the re-read
+        skip accepts runs of rows at once: one ``Change`` per row cost ~3 µs a row)."""
+
     def flush(self) -> None: ...
 
     def resolved(self, keys: Sequence[str]) -> None: ...
@@ -148,6 +152,13 @@ class BatchBuilder:
             self.last_done = change.position
             if len(self.entries) >= self.size:
                 self._hand_over()
+
+    def accept_unchanged(self, count: int, last: Position) -> None:
+        """``count`` UNCHANGED rows read, up to ``last``: counted, and the watermark may pass
+        them (nothing is queued, so no batch fills up)."""
+        _add(self.courier.counts, "read", count)
+        _add(self.courier.counts, "unchanged", count)
+        self.last_done = last
 
     def _repeats(self, change: Change) -> bool:
         """Whether ``change`` has a key or an address that is queued already."""

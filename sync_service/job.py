@@ -65,6 +65,7 @@ from sync_service.mapping import Mapper
 from sync_service.memberships import Memberships
 from sync_service.models import (
     ChangeKind,
+    Position,
     Rejection,
     RejectKind,
     RunKind,
@@ -415,28 +416,37 @@ class SyncJob:
         # Only skipped rows left: no look-up (their decision needs none).
         view = self._look_up(todo, differ, state, sink.pending) if todo else View()
         flushes = sink.flushes
-        for index in range(start, len(mapped)):
+        index = start
+        while index < len(mapped):
+            if index in self._skipped:
+                # A run of skipped rows, accepted at once: accepting an unchanged row queues
+                # nothing, so each row of the run is as clear as it was at the run's start.
+                end = index
+                while end in self._skipped and self._still_skipped(mapped[end], sink):
+                    end += 1
+                if end > index:
+                    sink.accept_unchanged(end - index, mapped[end - 1].record.position)
+                    self.rereads_skipped += end - index
+                    index = end
+                    continue
+                mapped[index] = differ.map([mapped[index].record])[0]  # busy now: decide it
+                self._skipped.discard(index)  # fully, against a look-up that includes it
+                return index, -1
             item = mapped[index]
             key = item.record.key_str
-            if index in self._skipped:
-                if self._still_skipped(item, sink):
-                    sink.accept([Change(item.record.position, key, ChangeKind.UNCHANGED)])
-                    self.rereads_skipped += 1
-                    continue
-                mapped[index] = differ.map([item.record])[0]  # busy now: decide it fully,
-                self._skipped.discard(index)  # against a look-up that includes it
-                return index, -1
             if index != verified and self._repeated(item, view, sink):
                 verdict = self._source_rows(item, differ, sink)
                 if verdict is not None:
                     sink.accept([self._screen(verdict)])
+                    index += 1
                     continue
                 if key in sink.pending.keys:
                     sink.flush()  # the earlier row goes out first; look the state up again
                     return index, index
             sink.accept([self._screen(differ.decide(item, view, sink.pending))])
+            index += 1
             if sink.flushes != flushes:
-                return index + 1, -1
+                return index, -1
         return len(mapped), -1
 
     def _still_skipped(self, item: Mapped, sink: Sink) -> bool:
@@ -594,6 +604,11 @@ class _Counter:
             self.entries += len(change.entries)
             self.in_batch += len(change.entries)
             self.pending.add(change)
+
+    def accept_unchanged(self, count: int, last: Position) -> None:
+        _add_count(self.report.counts, "read", count)
+        _add_count(self.report.counts, "unchanged", count)
+        self.report.samples.setdefault(str(ChangeKind.UNCHANGED), [])
 
     def flush(self) -> None:
         # A plan sends nothing: the next batch is judged against the state as it is now.

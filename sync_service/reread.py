@@ -32,9 +32,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from hashlib import blake2b
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -74,9 +73,9 @@ def token(fingerprint_: str, cursor: Any, contact_hash: str) -> str:
     return blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
-class Seen:
-    """What the state store holds for a key the skip may apply to (no rejection on record)."""
+class Seen(NamedTuple):
+    """What the state store holds for a key the skip may apply to (no rejection on record).
+    A named tuple: one is built per row re-read, and a frozen dataclass costs ~1 µs more."""
 
     token: str
     hash: str  # the confirmed hash

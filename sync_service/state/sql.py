@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
@@ -15,8 +16,11 @@ T = TypeVar("T")
 # Far below SQLite's bound-parameter limit (32,766) and PostgreSQL's (65,535), and small enough
 # that an IN-list stays a cheap index probe.
 IN_CHUNK = 500
-# Keys per array parameter on PostgreSQL (one parameter, so only memory bounds it).
+# Keys per array parameter on PostgreSQL, or per JSON array on SQLite (one parameter, so only
+# memory bounds it).
 ARRAY_CHUNK = 5_000
+# SQLite has its JSON functions built in from 3.38 on (earlier builds may lack them).
+_SQLITE_JSON = (3, 38, 0)
 # Rows per executemany call when inserting a batch's contacts; bounds the memory of one call.
 INSERT_CHUNK = 5_000
 # A write of at least this many rows, and at least this share of the table's row estimate,
@@ -59,15 +63,34 @@ def matching(conn: Connection, column: sa.ColumnElement[str], items: Sequence[st
 
     PostgreSQL gets one array parameter (``= ANY(:items)``): psycopg prepares and caches a
     statement with few parameters, where a 500-parameter IN-list is parsed anew on every call
-    (measured: 11.6 ms instead of 63 ms per 2,000 keys).
+    (measured: 11.6 ms instead of 63 ms per 2,000 keys). SQLite gets one JSON array
+    (``IN (SELECT value FROM json_each(:items))``) where it has JSON functions; other databases
+    an expanding IN-list of ``IN_CHUNK`` items.
     """
-    if conn.dialect.name == "postgresql":
-        # The array parameter is bound as plain text: encode what the column type would.
-        encode = getattr(column.type, "process_bind_param", None)
+    dialect = conn.dialect
+    # The array parameter is bound as plain text: encode what the column type would.
+    encode = getattr(column.type, "process_bind_param", None)
+    if dialect.name == "postgresql":
         for chunk in chunked(items, ARRAY_CHUNK):
-            listed = [encode(item, conn.dialect) for item in chunk] if encode else list(chunk)
+            listed = [encode(item, dialect) for item in chunk] if encode else list(chunk)
             values = sa.bindparam(None, listed, type_=postgresql.ARRAY(sa.Text))
             yield column == sa.any_(values)
+    elif (dialect.name == "sqlite"
+          and getattr(dialect.dbapi, "sqlite_version_info", (0,)) >= _SQLITE_JSON):
+        # One JSON array parameter, unpacked by json_each: the same statement for every chunk,
+        # and no parameter per item to bind and expand (measured with the re-read skip's
+        # look-up, 2,000 keys: 10.6 -> 9.2 ms; get_contacts 8.7 -> 7.7 ms).
+        for chunk in chunked(items, ARRAY_CHUNK):
+            listed = [encode(item, dialect) for item in chunk] if encode else list(chunk)
+            try:
+                text = orjson.dumps(listed).decode()
+            except orjson.JSONEncodeError:  # not UTF-8 (a lone surrogate): the driver's turn
+                yield column.in_(sa.bindparam(None, list(chunk), expanding=True,
+                                              type_=column.type))
+                continue
+            unpacked = sa.select(sa.column("value", sa.Text)).select_from(
+                sa.func.json_each(sa.bindparam(None, text, type_=sa.Text)))
+            yield column.in_(unpacked.scalar_subquery())
     else:
         # One expanding parameter, not a list literal: SQLAlchemy would coerce every item into
         # a bound parameter of its own and compile a new statement for each chunk (issue 11).

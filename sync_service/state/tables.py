@@ -11,6 +11,7 @@ a length limit there would turn an unusual source row into a failed transaction.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -76,6 +77,31 @@ class SafeText(TypeDecorator[str]):
 
     def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
         return None if value is None else decode_text(value)
+
+    # Keys and addresses pass through here once per row of every state look-up (issue 11): where
+    # the driver hands text over as it is (no processor of its own for Text), one plain function
+    # per value instead of TypeDecorator's two-level wrapper.
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        if self.impl_instance.bind_processor(dialect) is not None:
+            return super().bind_processor(dialect)
+        return _encode_or_none
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Callable[[Any], Any] | None:
+        if self.impl_instance.result_processor(dialect, coltype) is not None:
+            return super().result_processor(dialect, coltype)
+        return _decode_or_none
+
+
+def _encode_or_none(value: str | None) -> str | None:
+    if value is None or ("\x00" not in value and not value.startswith(_MARK)):
+        return value
+    return encode_text(value)
+
+
+def _decode_or_none(value: str | None) -> str | None:
+    if value is None or not value.startswith(_MARK):
+        return value
+    return decode_text(value)
 
 
 class UtcDateTime(TypeDecorator[datetime]):

@@ -29,7 +29,7 @@ Besides the step times:
   source in a fresh process (``bench_memory.measure``, the benchmark stub), not the whole
   benchmark process, whose own peak is printed too.
 
-The stand-in is ``stub_mailtrap.StubTransport`` in-process (it parses each import body, stores
+The stand-in is ``stub_mailtrap.StubTransport`` in-process (it counts each import's contacts, stores
 nothing, answers every import ``finished`` on its first poll; no pacing). Time inside it is
 measured and subtracted: "own s" is the tool's own time, and the ratios use it. Each figure is
 printed with its ratio to the baseline read+orjson (and, for the "one updated_at" sync, the

@@ -68,7 +68,8 @@ def test_get_contacts_answers_more_keys_than_one_array(store: StateStore, run_id
     confirm(store, run_id, [entry(f"k{i}", digest=f"h{i}") for i in range(many)], 1)
     found = store.get_contacts("p", [f"k{i}" for i in range(many)] + ["missing"])
     assert len(found) == many
-    assert found["k0"].hash == "h0" and found[f"k{many - 1}"].hash == f"h{many - 1}"
+    assert found["k0"].hash == "h0"
+    assert found[f"k{many - 1}"].hash == f"h{many - 1}"
 
 
 @pytest.mark.parametrize("key", AWKWARD_KEYS, ids=repr)
@@ -83,6 +84,8 @@ def test_lookups_find_keys_and_emails_of_any_text(store: StateStore, run_id: int
     assert store.get_holders("p", [email]) == {email: [key]}
     store.note_reread("p", {key: "t" * 32})
     seen = store.reread_tokens("p", [key, key + "~"])
-    assert list(seen) == [key] and seen[key].email == email and seen[key].hash == "h1"
-    store.record_rejections("p", run_id, [Rejection(key + "~", None, RejectKind.INVALID_EMAIL, "bad")])
+    assert list(seen) == [key]
+    assert (seen[key].email, seen[key].hash) == (email, "h1")
+    refused = Rejection(key + "~", None, RejectKind.INVALID_EMAIL, "bad")
+    store.record_rejections("p", run_id, [refused])
     assert list(store.get_rejections("p", [key, key + "~"])) == [key + "~"]

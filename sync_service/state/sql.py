@@ -61,9 +61,13 @@ def matching(conn: Connection, column: sa.ColumnElement[str], items: Sequence[st
              ) -> Iterator[sa.ColumnElement[bool]]:
     """Conditions ``column IN items``, one per chunk, in the form each database runs fastest.
 
-    PostgreSQL gets one array parameter (``= ANY(:items)``): psycopg prepares and caches a
-    statement with few parameters, where a 500-parameter IN-list is parsed anew on every call
-    (measured: 11.6 ms instead of 63 ms per 2,000 keys). SQLite gets one JSON array
+    PostgreSQL gets one array parameter: psycopg prepares and caches a statement with few
+    parameters, where a 500-parameter IN-list is parsed anew on every call (measured: 11.6 ms
+    instead of 63 ms per 2,000 keys). It is unnested into a semi-join (``IN (SELECT
+    unnest(:items))``), not compared with ``= ANY(:items)``: for a table whose statistics are
+    stale (the young rejections table), psycopg's prepared generic plan of ``= ANY`` compares
+    every row with every item, 17 ms per 2,000 keys on 1,100 rows against 1.3 ms unnested; on
+    300,000 contacts, 9.7 ms against 5.6 ms. SQLite gets one JSON array
     (``IN (SELECT value FROM json_each(:items))``) where it has JSON functions; other databases
     an expanding IN-list of ``IN_CHUNK`` items.
     """
@@ -74,7 +78,7 @@ def matching(conn: Connection, column: sa.ColumnElement[str], items: Sequence[st
         for chunk in chunked(items, ARRAY_CHUNK):
             listed = [encode(item) for item in chunk] if encode else list(chunk)
             values = sa.bindparam(None, listed, type_=postgresql.ARRAY(sa.Text))
-            yield column == sa.any_(values)
+            yield column.in_(sa.select(sa.func.unnest(values)).scalar_subquery())
     elif (dialect.name == "sqlite"
           and getattr(dialect.dbapi, "sqlite_version_info", (0,)) >= _SQLITE_JSON):
         # One JSON array parameter, unpacked by json_each: the same statement for every chunk,

@@ -120,9 +120,12 @@ class ImportEntry:
     hash: str | None = None
 
     def to_api(self) -> dict[str, Any]:
+        """The contact as an import carries it. Its ``fields`` is the entry's own dict, not a
+        copy (50,000 copies were ~12 MiB at the peak of a run, issue 11): do not change it."""
         body: dict[str, Any] = {"email": self.email}
         if self.fields:
-            body["fields"] = dict(self.fields)
+            fields = self.fields
+            body["fields"] = fields if type(fields) is dict else dict(fields)
         if self.list_ids_included:
             body["list_ids_included"] = list(self.list_ids_included)
         if self.list_ids_excluded:

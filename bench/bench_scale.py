@@ -38,7 +38,8 @@ configuration, as in a fresh process.
 
     .venv/bin/python bench/bench_scale.py [--rows 1000000] [--batch-size 50000] [--changed 1000]
         [--pg-url postgresql+psycopg://postgres@127.0.0.1:5432/test] [--only sqlite|postgresql]
-        [--import-seconds 5] [--no-memory] [--profile plan|backfill|one-updated-at] [--json]
+        [--import-seconds 5] [--no-memory] [--json]
+        [--profile plan|first-sync|backfill|bulk-touch|one-updated-at]
 """
 
 from __future__ import annotations
@@ -303,7 +304,8 @@ def _run_steps(name: str, source_url: str, state_url: str, args: argparse.Namesp
     return results
 
 
-PROFILED = {"plan": "plan (first sync)", "backfill": "no-change backfill",
+PROFILED = {"plan": "plan (first sync)", "first-sync": "first sync",
+            "backfill": "no-change backfill", "bulk-touch": "bulk-touch sync",
             "one-updated-at": "one-updated_at sync"}
 
 

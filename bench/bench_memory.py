@@ -25,7 +25,7 @@ smallest N are printed. "domains cached" is the size of the mapper's per-domain 
 (``lru_cache(maxsize=65_536)``), the one structure found to grow with N: it stops at its maxsize.
 
     .venv/bin/python bench/bench_memory.py [--rows 50000 200000 400000] [--batch-size 10000]
-        [--double stub|server] [--tracemalloc] [--json]
+        [--double stub|server] [--in-flight N] [--import-seconds S] [--tracemalloc] [--json]
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ def child(args: argparse.Namespace) -> int:
     """Run one sync and print what it measured as one JSON line."""
     import tracemalloc
 
+    from bench_pipeline import SlowImports
     from stub_mailtrap import StubTransport
 
     from sync_service.job import SyncJob
@@ -73,9 +74,16 @@ def child(args: argparse.Namespace) -> int:
     configure(level="WARNING")
     cfg = settings(source=Path(args.source), state_url=f"sqlite:///{args.state}",
                    api_url=args.api_url, batch_size=args.batch_size)
+    if args.in_flight is not None:
+        mailtrap = cfg.mailtrap.model_copy(update={"imports_in_flight": args.in_flight})
+        cfg = cfg.model_copy(update={"mailtrap": mailtrap})
     store = StateStore.from_url(cfg.state.url)
     store.ensure_schema()
-    stub = StubTransport() if args.api_url == STUB_URL else None
+    stub: StubTransport | None = None
+    if args.api_url == STUB_URL:
+        # Imports that finish on their first poll never overlap: with --import-seconds they run
+        # that long, so up to imports_in_flight batches are held at once, as with Mailtrap.
+        stub = SlowImports(args.import_seconds) if args.import_seconds else StubTransport()
     client = MailtrapClient(token=DEFAULT_TOKEN, base_url=args.api_url, transport=stub,
                             account_id=DEFAULT_ACCOUNT_ID, pacer=None, timeout=300)
     job = SyncJob(settings=cfg, pipeline=cfg.pipelines[0], store=store, client=client)
@@ -107,6 +115,10 @@ def measure(n: int, source: Path, tmp: Path, args: argparse.Namespace) -> dict[s
     state = tmp / f"state-{n}.db"
     command = [sys.executable, __file__, "--child", "--source", str(source), "--state", str(state),
                "--batch-size", str(args.batch_size)]
+    if getattr(args, "in_flight", None) is not None:
+        command += ["--in-flight", str(args.in_flight)]
+    if getattr(args, "import_seconds", 0):
+        command += ["--import-seconds", str(args.import_seconds)]
     if args.tracemalloc:
         command.append("--tracemalloc")
     double = fast_double() if args.double == "server" else None
@@ -158,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--double", choices=("stub", "server"), default="stub",
                         help="where imports go: an in-process stub that stores nothing "
                         "(default), or the real double served over HTTP by the parent")
+    parser.add_argument("--in-flight", type=int, default=None,
+                        help="mailtrap.imports_in_flight (default: the product's default)")
+    parser.add_argument("--import-seconds", type=float, default=0.0,
+                        help="with the stub: imports run this long (default: they finish on the "
+                        "first poll, so no two are ever in flight at once)")
     parser.add_argument("--tracemalloc", action="store_true",
                         help="also report tracemalloc's peak during the run (slower)")
     parser.add_argument("--seed", type=int, default=7)
@@ -186,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                 copy_prefix(largest, source, n)
             runs.append(measure(n, source, tmp, args))
     result = {"benchmark": "bench_memory", "batch_size": args.batch_size, "double": args.double,
+              "in_flight": args.in_flight, "import_seconds": args.import_seconds,
               "runs": runs, "machine": host}
     if args.json:
         emit_json(result)

@@ -26,8 +26,9 @@ Besides the step times:
   seconds after they were posted), with the default ``imports_in_flight`` and a paced client:
   wall time, time waiting with nothing to do (``Courier._pause``) and its share (goal < 25 %);
 - **memory** (SQLite only; ``--no-memory`` skips it): the peak RSS of a first sync of the same
-  source in a fresh process (``bench_memory.measure``, the benchmark stub), not the whole
-  benchmark process, whose own peak is printed too.
+  source in a fresh process (``bench_memory.measure``, the benchmark stub with imports taking
+  ``--import-seconds``, so that batches are held in flight), not the whole benchmark process,
+  whose own peak is printed too.
 
 The stand-in is ``stub_mailtrap.StubTransport`` in-process (it counts each import's contacts, stores
 nothing, answers every import ``finished`` on its first poll; no pacing). Time inside it is
@@ -325,7 +326,9 @@ def memory(source: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any] 
     """Peak RSS of a first sync of ``source`` in a fresh process (``bench_memory``)."""
     if args.no_memory or args.profile:
         return None
-    options = argparse.Namespace(batch_size=args.batch_size, tracemalloc=False, double="stub")
+    # Imports that take --import-seconds, so that batches are held in flight as with Mailtrap.
+    options = argparse.Namespace(batch_size=args.batch_size, tracemalloc=False, double="stub",
+                                 in_flight=None, import_seconds=args.import_seconds)
     return measure_memory(args.rows, source, tmp, options)
 
 

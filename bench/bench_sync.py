@@ -172,7 +172,7 @@ def _instrument(store: StateStore, client: MailtrapClient, timings: list[Timings
                          ("mark_batch_posted", "mark_batch_posted"),
                          ("confirm_batch", "confirm_batch"), ("set_watermark", "set_watermark")):
         wrap(store, method, name)
-    for method, name in (("create_import", "POST import"), ("get_import", "poll import"),
+    for method, name in (("create_import_body", "POST import"), ("get_import", "poll import"),
                          ("lists", "lists+fields"), ("fields", "lists+fields"),
                          ("create_list", "lists+fields")):
         wrap(client, method, name)

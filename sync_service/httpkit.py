@@ -356,15 +356,16 @@ class JsonClient:
     def request(self, method: str, url: str, *, json: Any = None,
                 params: Mapping[str, Any] | None = None, data: Mapping[str, str] | None = None,
                 headers: Mapping[str, str] | None = None, group: str = "",
-                pace_key: Any = None) -> Any:
-        """The decoded body of the answer, with retries, pacing and token renewal."""
+                pace_key: Any = None, content: bytes | None = None) -> Any:
+        """The decoded body of the answer, with retries, pacing and token renewal.
+        ``content``: a JSON body already encoded (instead of ``json``)."""
         return self.exchange(method, url, json=json, params=params, data=data, headers=headers,
-                             group=group, pace_key=pace_key).body
+                             group=group, pace_key=pace_key, content=content).body
 
     def exchange(self, method: str, url: str, *, json: Any = None,
                  params: Mapping[str, Any] | None = None, data: Mapping[str, str] | None = None,
                  headers: Mapping[str, str] | None = None, group: str = "",
-                 pace_key: Any = None) -> Answer:
+                 pace_key: Any = None, content: bytes | None = None) -> Answer:
         """Like ``request``, but the whole ``Answer`` (status, body, headers)."""
         renewed = False
         while True:
@@ -372,7 +373,8 @@ class JsonClient:
                 for attempt in self.retrying():
                     with attempt:
                         return self.send(method, url, json=json, params=params, data=data,
-                                         headers=headers, group=group, pace_key=pace_key)
+                                         headers=headers, group=group, pace_key=pace_key,
+                                         content=content)
             except Exception as exc:
                 if renewed or self._refresh is None or not self.policy.expired(exc):
                     raise
@@ -409,7 +411,7 @@ class JsonClient:
     def send(self, method: str, url: str, *, json: Any = None,
              params: Mapping[str, Any] | None = None, data: Mapping[str, str] | None = None,
              headers: Mapping[str, str] | None = None, group: str = "",
-             pace_key: Any = None) -> Answer:
+             pace_key: Any = None, content: bytes | None = None) -> Answer:
         """One paced attempt, no retry: the ``Answer``, or the policy's error."""
         stop = _should_stop.get()
         taken = None if self._pacer is None else self._pacer.acquire(pace_key, stop)
@@ -417,7 +419,7 @@ class JsonClient:
             raise self.policy.cancelled(f"{method} {url}: not sent, stop requested")
         try:
             response = self._exchange(method, url, json=json, params=params, data=data,
-                                      headers=headers, group=group)
+                                      headers=headers, group=group, content=content)
         finally:
             if self._pacer is not None and taken is not None:
                 self._pacer.settle(pace_key, taken, stop)
@@ -440,9 +442,10 @@ class JsonClient:
     # plumbing ---------------------------------------------------------------------------------
     def _exchange(self, method: str, url: str, *, json: Any, params: Mapping[str, Any] | None,
                   data: Mapping[str, str] | None, headers: Mapping[str, str] | None,
-                  group: str) -> httpx.Response:
+                  group: str, content: bytes | None = None) -> httpx.Response:
         """One HTTP exchange; transport failures become the policy's retriable error."""
-        content = orjson.dumps(json) if json is not None else None
+        if json is not None:
+            content = orjson.dumps(json)
         sent = dict(headers or {})
         if content is not None:
             sent["Content-Type"] = "application/json"

@@ -13,13 +13,16 @@ three times as much, and a million rows build several million of these).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from itertools import islice
+from types import MappingProxyType
 from typing import Any, TypeVar, dataclass_transform
+
+import orjson
 
 # What a Mailtrap custom field value may be once typed for JSON (dates as yyyy-mm-dd strings).
 FieldValue = str | int | float | bool | None
@@ -131,6 +134,51 @@ class ImportEntry:
         if self.list_ids_excluded:
             body["list_ids_excluded"] = list(self.list_ids_excluded)
         return body
+
+
+def _api(entry: object) -> dict[str, Any]:
+    if isinstance(entry, ImportEntry):
+        return entry.to_api()
+    raise TypeError(f"not an import entry: {type(entry).__name__}")
+
+
+def import_body(entries: Sequence[ImportEntry]) -> bytes:
+    """The JSON body of an import of ``entries`` (``{"contacts": [...]}``, in order).
+
+    Each contact's dict is made while orjson writes it and dropped at once, instead of a list
+    of 50,000 dicts held until the whole body is written (~13 MiB at a run's peak, issue 11)."""
+    return orjson.dumps({"contacts": entries}, default=_api,
+                        option=orjson.OPT_PASSTHROUGH_DATACLASS)
+
+
+_NO_FIELDS: Mapping[str, FieldValue] = MappingProxyType({})
+
+
+def without_payload(entry: ImportEntry) -> ImportEntry:
+    """``entry`` with its key, address, kind and hash only (a batch in flight keeps these;
+    ``with_payload`` gives the rest back from the body that was posted)."""
+    return ImportEntry(source_key=entry.source_key, email=entry.email, kind=entry.kind,
+                       fields=_NO_FIELDS, hash=entry.hash)
+
+
+def with_payload(entries: Sequence[ImportEntry], body: bytes) -> list[ImportEntry]:
+    """The entries of a posted import, their fields and lists read back from its body (which
+    was made from them, in order, by ``import_body``). A field value reads back as its JSON
+    (a date as its ISO text), so posting the result again sends the same bytes."""
+    contacts = orjson.loads(body)["contacts"]
+    if len(contacts) != len(entries):
+        raise ValueError(f"an import body of {len(contacts)} contacts for {len(entries)} entries")
+    restored = []
+    for entry, contact in zip(entries, contacts, strict=True):
+        if contact["email"] != entry.email:
+            raise ValueError(f"the import body has {contact['email']!r} where the batch has "
+                             f"{entry.email!r}")
+        restored.append(ImportEntry(
+            source_key=entry.source_key, email=entry.email, kind=entry.kind,
+            fields=contact.get("fields", {}),
+            list_ids_included=tuple(contact.get("list_ids_included", ())),
+            list_ids_excluded=tuple(contact.get("list_ids_excluded", ())), hash=entry.hash))
+    return restored
 
 
 @value

@@ -63,6 +63,7 @@ def child(args: argparse.Namespace) -> int:
     from bench_pipeline import SlowImports
     from stub_mailtrap import StubTransport
 
+    from sync_service.allocator import release_large_blocks
     from sync_service.job import SyncJob
     from sync_service.logging import configure
     from sync_service.mailtrap.client import MailtrapClient
@@ -72,6 +73,7 @@ def child(args: argparse.Namespace) -> int:
     from sync_service.testing.mailtrap.double import DEFAULT_ACCOUNT_ID, DEFAULT_TOKEN
 
     configure(level="WARNING")
+    release_large_blocks()  # as the CLI does at start (sync_service/allocator.py)
     cfg = settings(source=Path(args.source), state_url=f"sqlite:///{args.state}",
                    api_url=args.api_url, batch_size=args.batch_size)
     if args.in_flight is not None:

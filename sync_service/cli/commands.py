@@ -16,6 +16,7 @@ import click
 from sqlalchemy.engine import make_url
 
 from sync_service import __version__
+from sync_service.allocator import release_large_blocks
 from sync_service.cli import render
 from sync_service.cli.checks import run_checks
 from sync_service.cli.explain import explain as explain_contact
@@ -366,6 +367,7 @@ def demo(workdir: str, contacts: int, source: str) -> None:
 
 
 def main() -> None:
+    release_large_blocks()  # before any run allocates (sync_service/allocator.py)
     cli(prog_name="mailtrap-sync")
 
 

@@ -25,7 +25,8 @@ smallest N are printed. "domains cached" is the size of the mapper's per-domain 
 (``lru_cache(maxsize=65_536)``), the one structure found to grow with N: it stops at its maxsize.
 
     .venv/bin/python bench/bench_memory.py [--rows 50000 200000 400000] [--batch-size 10000]
-        [--double stub|server] [--in-flight N] [--import-seconds S] [--tracemalloc] [--json]
+        [--double stub|server] [--in-flight N] [--import-seconds S] [--pg-url URL]
+        [--tracemalloc] [--json]
 """
 
 from __future__ import annotations
@@ -74,8 +75,8 @@ def child(args: argparse.Namespace) -> int:
 
     configure(level="WARNING")
     release_large_blocks()  # as the CLI does at start (sync_service/allocator.py)
-    cfg = settings(source=Path(args.source), state_url=f"sqlite:///{args.state}",
-                   api_url=args.api_url, batch_size=args.batch_size)
+    cfg = settings(source=Path(args.source), state_url=args.state_url or f"sqlite:///{args.state}",
+                   api_url=args.api_url, batch_size=args.batch_size, source_url=args.source_url)
     if args.in_flight is not None:
         mailtrap = cfg.mailtrap.model_copy(update={"imports_in_flight": args.in_flight})
         cfg = cfg.model_copy(update={"mailtrap": mailtrap})
@@ -111,12 +112,19 @@ def child(args: argparse.Namespace) -> int:
     return 0
 
 
-def measure(n: int, source: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+def measure(n: int, source: Path, tmp: Path, args: argparse.Namespace, *,
+            source_url: str | None = None, state_url: str | None = None) -> dict[str, Any]:
+    """One first sync of ``source`` (or the database at ``source_url``) into a new state store
+    (``state_url``: an empty database; else a new SQLite file), in a fresh process."""
     from sync_service.testing.mailtrap.double import serve
 
     state = tmp / f"state-{n}.db"
     command = [sys.executable, __file__, "--child", "--source", str(source), "--state", str(state),
                "--batch-size", str(args.batch_size)]
+    if source_url:
+        command += ["--source-url", source_url]
+    if state_url:
+        command += ["--state-url", state_url]
     if getattr(args, "in_flight", None) is not None:
         command += ["--in-flight", str(args.in_flight)]
     if getattr(args, "import_seconds", 0):
@@ -141,6 +149,17 @@ def measure(n: int, source: Path, tmp: Path, args: argparse.Namespace) -> dict[s
         raise SystemExit(f"N={n}: the double holds {held} contacts, the run sent "
                          f"{report['counts'].get('sent')}")
     return {"rows": n, **report, "growth_mb": report["peak_mb"] - report["baseline_mb"]}
+
+
+def _measure_postgres(n: int, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """``measure`` with the source (the same rows, loaded by COPY) and the state store in two
+    scratch databases on the server of ``--pg-url``, dropped afterwards."""
+    from bench_scale import load_postgres
+    from bench_sync import _scratch_postgres
+
+    with _scratch_postgres(args.pg_url) as source_url, _scratch_postgres(args.pg_url) as state:
+        load_postgres(source_url, n, args.seed)
+        return measure(n, tmp / "unused.db", tmp, args, source_url=source_url, state_url=state)
 
 
 def _print(result: dict[str, Any]) -> None:
@@ -185,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", help=argparse.SUPPRESS)
     parser.add_argument("--state", help=argparse.SUPPRESS)
     parser.add_argument("--api-url", help=argparse.SUPPRESS)
+    parser.add_argument("--source-url", help=argparse.SUPPRESS)
+    parser.add_argument("--state-url", help=argparse.SUPPRESS)
+    parser.add_argument("--pg-url", help="source and state in scratch PostgreSQL databases on "
+                        "this server instead of SQLite files (imports to the stub only)")
     args = parser.parse_args(argv)
     if args.child:
         return child(args)
@@ -196,8 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     with tempfile.TemporaryDirectory(prefix="mts-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        largest = tmp / f"crm-{sizes[-1]}.db"
-        create_source(largest, sizes[-1], seed=args.seed)
+        if args.pg_url:
+            runs = [_measure_postgres(n, tmp, args) for n in sizes]
+            sizes = []
+        else:
+            largest = tmp / f"crm-{sizes[-1]}.db"
+            create_source(largest, sizes[-1], seed=args.seed)
         for n in sizes:
             source = largest
             if n != sizes[-1]:
@@ -206,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(measure(n, source, tmp, args))
     result = {"benchmark": "bench_memory", "batch_size": args.batch_size, "double": args.double,
               "in_flight": args.in_flight, "import_seconds": args.import_seconds,
+              "database": "postgresql" if args.pg_url else "sqlite",
               "runs": runs, "machine": host}
     if args.json:
         emit_json(result)

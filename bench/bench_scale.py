@@ -25,10 +25,10 @@ Besides the step times:
   store, against ``bench_pipeline.SlowImports`` (imports answer ``started`` until that many
   seconds after they were posted), with the default ``imports_in_flight`` and a paced client:
   wall time, time waiting with nothing to do (``Courier._pause``) and its share (goal < 25 %);
-- **memory** (SQLite only; ``--no-memory`` skips it): the peak RSS of a first sync of the same
-  source in a fresh process (``bench_memory.measure``, the benchmark stub with imports taking
-  ``--import-seconds``, so that batches are held in flight), not the whole benchmark process,
-  whose own peak is printed too.
+- **memory** (``--no-memory`` skips it): the peak RSS of a first sync of the same source into
+  a new state store in a fresh process (``bench_memory.measure``, the benchmark stub with
+  imports taking ``--import-seconds``, so that batches are held in flight), not the whole
+  benchmark process, whose own peak is printed too.
 
 The stand-in is ``stub_mailtrap.StubTransport`` in-process (it counts each import's contacts, stores
 nothing, answers every import ``finished`` on its first poll; no pacing). Time inside it is
@@ -322,10 +322,19 @@ def pipelined(source_url: str, state_url: str, args: argparse.Namespace) -> dict
                                 scale=args.batch_size / FULL_BATCH, account=2001)
 
 
-def memory(source: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any] | None:
-    """Peak RSS of a first sync of ``source`` in a fresh process (``bench_memory``)."""
+def memory(source: Path, tmp: Path, args: argparse.Namespace, *,
+           source_url: str | None = None) -> dict[str, Any] | None:
+    """Peak RSS of a first sync of ``source`` (or the database at ``source_url``, into a
+    scratch PostgreSQL state store) in a fresh process (``bench_memory``)."""
     if args.no_memory or args.profile:
         return None
+    if source_url is not None:
+        options = argparse.Namespace(batch_size=args.batch_size, tracemalloc=False,
+                                     double="stub", in_flight=None,
+                                     import_seconds=args.import_seconds)
+        with _scratch_postgres(args.pg_url) as state_url:
+            return measure_memory(args.rows, source, tmp, options, source_url=source_url,
+                                  state_url=state_url)
     # Imports that take --import-seconds, so that batches are held in flight as with Mailtrap.
     options = argparse.Namespace(batch_size=args.batch_size, tracemalloc=False, double="stub",
                                  in_flight=None, import_seconds=args.import_seconds)
@@ -434,7 +443,9 @@ def main(argv: list[str] | None = None) -> int:
                     piped = pipelined(pg_url, fresh_state, args)
                 configs.append({"name": "PostgreSQL source + PostgreSQL state",
                                 "source_s": made, "baseline": base, "steps": steps,
-                                "pipelined": piped, "memory": None})
+                                "pipelined": piped,
+                                "memory": memory(Path(tmp) / "unused.db", Path(tmp), args,
+                                                 source_url=pg_url)})
     if args.profile:
         return 0
     result = {"benchmark": "bench_scale", "rows": args.rows, "batch_size": args.batch_size,

@@ -36,6 +36,7 @@ from typing import Any, BinaryIO
 from urllib.parse import quote
 
 import httpx
+import orjson
 import structlog
 
 from sync_service import __version__, httpkit
@@ -246,22 +247,15 @@ class MailtrapClient:
     # imports --------------------------------------------------------------------------------
     def create_import(self, contacts: Sequence[Mapping[str, Any]]) -> ImportResult:
         """POST one bulk import (≤ 50,000 contacts); 422 raises MailtrapValidationError."""
-        if not 0 < len(contacts) <= 50_000:
-            raise ValueError(f"an import carries 1..50000 contacts, not {len(contacts)}")
-        data = self._request(
-            "POST", "/contacts/imports", json={"contacts": list(contacts)}, group="imports"
-        )
-        return import_result(data)
+        return self.create_import_body(orjson.dumps({"contacts": list(contacts)}), len(contacts))
 
     def create_import_body(self, body: bytes, count: int) -> ImportResult:
         """As ``create_import``, with the request body already encoded
         (``models.import_body``: ``{"contacts": [...]}`` of ``count`` contacts)."""
         if not 0 < count <= 50_000:
             raise ValueError(f"an import carries 1..50000 contacts, not {count}")
-        url = self._url("/contacts/imports", scoped=True)
-        data = self._api.request("POST", url, content=body, group="imports",
-                                 pace_key=self.account_id)
-        return import_result(data)
+        return import_result(
+            self._request("POST", "/contacts/imports", content=body, group="imports"))
 
     def get_import(self, import_id: int) -> ImportResult:
         return import_result(
@@ -414,11 +408,13 @@ class MailtrapClient:
         return f"/api/accounts/{self.account_id}{path}" if scoped else path
 
     def _request(
-        self, method: str, path: str, *, group: str, json: Any = None, scoped: bool = True
+        self, method: str, path: str, *, group: str, json: Any = None, scoped: bool = True,
+        content: bytes | None = None,
     ) -> Any:
         url = self._url(path, scoped=scoped)
         account = self.account_id if scoped else None
-        return self._api.request(method, url, json=json, group=group, pace_key=account)
+        return self._api.request(method, url, json=json, group=group, pace_key=account,
+                                 content=content)
 
     def _send(self, method: str, url: str, *, group: str, json: Any, account: int | None) -> Any:
         """One paced attempt, no retry (``create_list`` runs its own retry loop)."""

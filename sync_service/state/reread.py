@@ -47,35 +47,35 @@ def note(conn: Connection, pipeline: str, tokens: Mapping[str, str]) -> None:
     executemany of one row per key that cost 24 µs a key on PostgreSQL (issue 11)."""
     if not tokens:
         return
-    encode = t.c.source_key.type.bind_processor(conn.dialect)  # as SafeText stores a key
-    keys = [encode(key) for key in tokens] if encode else list(tokens)
-    rows = _rows(conn, pipeline, keys, list(tokens.values()))
+    rows = _rows(conn, pipeline, tokens)
     insert = sql.upsert(conn, t)
-    if rows is None:  # neither: one row per key
-        conn.execute(
-            insert.on_conflict_do_update(index_elements=[t.c.pipeline, t.c.source_key],
-                                         set_={"token": insert.excluded.token}),
-            [{"pipeline": pipeline, "source_key": key, "token": token}
-             for key, token in tokens.items()],
-        )
-        return
-    insert = sql.upsert(conn, t).from_select(["pipeline", "source_key", "token"], rows)
-    conn.execute(insert.on_conflict_do_update(index_elements=[t.c.pipeline, t.c.source_key],
-                                              set_={"token": insert.excluded.token}))
+    if rows is not None:
+        insert = insert.from_select(["pipeline", "source_key", "token"], rows)
+    upsert = insert.on_conflict_do_update(index_elements=[t.c.pipeline, t.c.source_key],
+                                          set_={"token": insert.excluded.token})
+    if rows is not None:
+        conn.execute(upsert)
+    else:  # one row per key
+        conn.execute(upsert, [{"pipeline": pipeline, "source_key": key, "token": token}
+                              for key, token in tokens.items()])
 
 
-def _rows(conn: Connection, pipeline: str, keys: list[str], tokens: list[str]
+def _rows(conn: Connection, pipeline: str, tokens: Mapping[str, str]
           ) -> sa.Select[tuple[str, str, str]] | None:
     """(pipeline, key, token) rows unpacked by the database from one or two parameters; None
     where it cannot (SQLite without JSON functions, a key JSON cannot carry)."""
+    if conn.dialect.name != "postgresql" and not sql.has_json(conn):
+        return None
+    encode = t.c.source_key.type.bind_processor(conn.dialect)  # as SafeText stores a key
+    keys = [encode(key) for key in tokens] if encode else list(tokens)
     name = sa.literal(pipeline, t.c.pipeline.type)
     if conn.dialect.name == "postgresql":
         pairs = sa.func.unnest(
             sa.bindparam(None, keys, type_=postgresql.ARRAY(sa.Text)),
-            sa.bindparam(None, tokens, type_=postgresql.ARRAY(sa.Text)),
+            sa.bindparam(None, list(tokens.values()), type_=postgresql.ARRAY(sa.Text)),
         ).table_valued("key", "token").render_derived()
         return sa.select(name, pairs.c.key, pairs.c.token)
-    text = sql.json_text(conn, dict(zip(keys, tokens, strict=True)))
+    text = sql.json_text(dict(zip(keys, tokens.values(), strict=True)))
     if text is None:
         return None
     each = sa.func.json_each(sa.bindparam(None, text, type_=sa.Text)).table_valued(
